@@ -1,0 +1,149 @@
+"""Shared fixtures that start the real services the tests talk to.
+
+Every fixture here starts a real part (Postgres database, moto S3 server over HTTP,
+`mlflow server` subprocess, local Ray cluster) and tears down only what it started.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_TMP = Path(tempfile.mkdtemp(prefix="llc-tests-"))
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_TMPDIR", str(_TMP / "ray"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["HF_HUB_OFFLINE"] = "1"
+# Nothing in the tests may touch the user's own embedded default.
+os.environ["LLC_HOME"] = str(_TMP / "llc-home")
+for _var in ("LLC_DATABASE_URL", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "AWS_ENDPOINT_URL_S3", "LLC_STORAGE_URI"):
+    os.environ.pop(_var, None)
+
+PG_ADMIN_URL = os.environ.get("LLC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _pg_admin(sql: str) -> None:
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def create_pg_database(prefix: str = "llc_test") -> str:
+    """Create a throwaway Postgres database and return its SQLAlchemy URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Path:
+    return _TMP
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A throwaway Postgres database for this test session (schema not created)."""
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture()
+def fresh_pg_url() -> Iterator[str]:
+    """A throwaway Postgres database for one test."""
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 over HTTP; boto3 reaches it via AWS_ENDPOINT_URL_S3."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+    os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+    os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+    yield endpoint
+    server.stop()
+    os.environ.pop("AWS_ENDPOINT_URL_S3", None)
+
+
+@pytest.fixture()
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket on the moto server; returns its name."""
+    import boto3
+
+    name = f"llc-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_endpoint: str) -> Iterator[str]:
+    """A real `mlflow server` subprocess: Postgres backend store, S3 (moto) artifacts."""
+    import boto3
+
+    backend = create_pg_database("llc_mlflow")
+    bucket = f"mlflow-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    port = free_port()
+    env = dict(os.environ)
+    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true",
+               MLFLOW_S3_ENDPOINT_URL=s3_endpoint)
+    log = open(_TMP / f"mlflow-{port}.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", backend.replace("+psycopg", "+psycopg"),
+         "--artifacts-destination", f"s3://{bucket}/artifacts"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited early; see {log.name}")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError(f"mlflow server did not become healthy; see {log.name}")
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    drop_pg_database(backend)

@@ -1,0 +1,92 @@
+"""Grid expansion: checkpoints × sampler grid (cartesian product) × seeds → job specs + keys.
+
+Pure: reads nothing and writes nothing, so a plan can be shown or tested before submission.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from services.store.jobkey import job_key
+from services.sweeps.endpoints import under_storage
+from services.sweeps.schema import LLCConfig, SamplerGrid
+
+GRID_FIELDS: tuple[str, ...] = ("epsilon", "gamma", "nbeta", "num_chains", "num_draws", "num_burnin", "batch_size")
+
+
+class CheckpointLike(Protocol):
+    @property
+    def step(self) -> int: ...
+    @property
+    def uri(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    checkpoint: CheckpointLike
+    key: str
+    hyperparameters: dict[str, Any]
+    seed: int
+    spec: dict[str, Any]          # JSON of workers.job.JobSpec
+
+
+def sampler_points(grid: SamplerGrid) -> list[dict[str, Any]]:
+    """Every combination of the grid's lists, in a stable order (ε varies slowest)."""
+    lists = [list(getattr(grid, name)) for name in GRID_FIELDS]
+    points = []
+    for values in itertools.product(*lists):
+        point = dict(zip(GRID_FIELDS, values))
+        point["steps_between_draws"] = grid.steps_between_draws
+        point["baseline"] = grid.baseline
+        points.append(point)
+    return points
+
+
+def expand_sweep(cfg: LLCConfig, checkpoints: Sequence[CheckpointLike], *, storage_uri: str,
+                 estimator_version: str) -> list[PlannedJob]:
+    """One job per checkpoint × sampler point × seed, each with its job key and JobSpec JSON."""
+    from workers.job import DatasetSpec, JobSpec, SamplerSpec
+
+    sweep = cfg.sweep
+    dataset = DatasetSpec(uri=under_storage(sweep.dataset.uri, storage_uri), max_sequences=sweep.dataset.max_sequences)
+    sample_params = tuple(sweep.sample_params) if sweep.sample_params else None
+    num_threads = max(1, int(sweep.resources.num_cpus))
+    jobs: list[PlannedJob] = []
+    for ref in sorted(checkpoints, key=lambda r: r.step):
+        for point in sampler_points(cfg.sampler):
+            sampler = SamplerSpec(**point)
+            hyper = dict(point)
+            if sample_params:
+                hyper["sample_params"] = list(sample_params)
+            for seed in sweep.seeds:
+                spec = JobSpec(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, step=ref.step, dataset=dataset,
+                               sampler=sampler, seed=int(seed), device=sweep.device, num_threads=num_threads,
+                               sample_params=sample_params)
+                key = job_key(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, dataset=asdict(dataset),
+                              sampler=hyper, seed=int(seed), estimator_version=estimator_version)
+                jobs.append(PlannedJob(checkpoint=ref, key=key, hyperparameters=hyper, seed=int(seed),
+                                       spec=spec_to_dict(spec)))
+    return jobs
+
+
+def spec_to_dict(spec: Any) -> dict[str, Any]:
+    d = asdict(spec)
+    if d.get("sample_params") is not None:
+        d["sample_params"] = list(d["sample_params"])
+    return d
+
+
+def spec_from_dict(d: dict[str, Any]) -> Any:
+    """Rebuild a workers.job.JobSpec from its stored JSON."""
+    from workers.job import DatasetSpec, JobSpec, SamplerSpec
+
+    d = dict(d)
+    d["dataset"] = DatasetSpec(**d["dataset"])
+    d["sampler"] = SamplerSpec(**d["sampler"])
+    if d.get("sample_params") is not None:
+        d["sample_params"] = tuple(d["sample_params"])
+    return JobSpec(**d)

@@ -1,0 +1,102 @@
+"""Structured configs registered in Hydra's ConfigStore.
+
+Typed dataclasses make OmegaConf refuse a wrong key or type while the config is composed,
+so a mistake is caught before anything is written to the store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class StoreConfig:
+    kind: str = "sqlite"                 # sqlite | postgres
+    url: Optional[str] = None            # None → LLC_DATABASE_URL, else the kind's default
+
+
+@dataclass
+class StorageConfig:
+    kind: str = "local"                  # local | s3
+    uri: Optional[str] = None            # None → LLC_STORAGE_URI, else the kind's default
+
+
+@dataclass
+class TrackingConfig:
+    kind: str = "local"                  # local | server
+    uri: Optional[str] = None            # None → MLFLOW_TRACKING_URI, else the kind's default
+
+
+@dataclass
+class ClusterConfig:
+    kind: str = "local"                  # local | remote
+    address: Optional[str] = None        # None → RAY_ADDRESS, else a local Ray (local) / "auto" (remote)
+    num_cpus: Optional[int] = None       # CPUs of a local Ray started by `llc run`
+    num_gpus: Optional[int] = None
+
+
+@dataclass
+class SamplerGrid:
+    """Lists of values; the sweep runs their cartesian product."""
+
+    epsilon: List[float] = field(default_factory=lambda: [1e-3])
+    gamma: List[float] = field(default_factory=lambda: [100.0])
+    nbeta: List[Optional[float]] = field(default_factory=lambda: [None])   # None → n / log n
+    num_chains: List[int] = field(default_factory=lambda: [4])
+    num_draws: List[int] = field(default_factory=lambda: [200])
+    num_burnin: List[int] = field(default_factory=lambda: [0])
+    batch_size: List[int] = field(default_factory=lambda: [32])
+    steps_between_draws: int = 1
+    baseline: str = "paired"
+
+
+@dataclass
+class CheckpointSelection:
+    """all (defaults), every k-th (`every`), a step range (`start`/`stop`, inclusive), or `steps`."""
+
+    every: int = 1
+    start: Optional[int] = None
+    stop: Optional[int] = None
+    steps: Optional[List[int]] = None
+
+
+@dataclass
+class DatasetConfig:
+    uri: str = "demo-run/dataset"        # relative → under the storage URI
+    max_sequences: Optional[int] = None
+
+
+@dataclass
+class Resources:
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
+    memory_gb: Optional[float] = None
+
+
+@dataclass
+class SweepConfig:
+    name: str = "demo"
+    run: str = "demo-run"                # training run prefix; relative → under the storage URI
+    checkpoints: CheckpointSelection = field(default_factory=CheckpointSelection)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    seeds: List[int] = field(default_factory=lambda: [0])
+    resources: Resources = field(default_factory=Resources)
+    device: str = "auto"
+    sample_params: Optional[List[str]] = None   # weight-restricted LLC (fnmatch patterns)
+
+
+@dataclass
+class LLCConfig:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sampler: SamplerGrid = field(default_factory=SamplerGrid)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+def register_configs() -> None:
+    """Register the schema that config.yaml extends; every group file merges into it, typed."""
+    ConfigStore.instance().store(name="llc_schema", node=LLCConfig)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "services.cli.db",
 )
 
 

@@ -1,0 +1,14 @@
+"""The results store: models, engine/session helpers, schema revisions, repository, job keys."""
+from __future__ import annotations
+
+from services.store.db import check_schema, downgrade, ensure_schema, get_engine, session_scope, upgrade
+from services.store.errors import JobStateError, NotFound, SchemaOutOfDate, StoreError, StoreUnavailable
+from services.store.jobkey import job_key
+from services.store.models import Checkpoint, Job, JobStatus, Result, Stage, Sweep, SweepStatus, TrainingRun
+from services.store.repository import AddJobsOutcome, NewJob, ResultRow, StageRow
+
+__all__ = [
+    "AddJobsOutcome", "Checkpoint", "Job", "JobStateError", "JobStatus", "NewJob", "NotFound", "Result", "ResultRow",
+    "SchemaOutOfDate", "Stage", "StageRow", "StoreError", "StoreUnavailable", "Sweep", "SweepStatus", "TrainingRun",
+    "check_schema", "downgrade", "ensure_schema", "get_engine", "job_key", "session_scope", "upgrade",
+]

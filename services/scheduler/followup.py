@@ -1,0 +1,100 @@
+"""MLflow logging and aggregation after a result is stored, on one background thread.
+
+The result is already in the store when work lands here, so an MLflow failure is logged
+and never loses a result, and a slow tracking server never stalls the scheduling loop.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from services.store import repository as repo
+from services.store.db import session_scope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    job_id: int
+    sweep_id: int
+    key: str
+    step: int
+    hyperparameters: dict[str, Any]
+    seed: int
+    result: dict[str, Any]
+    mlflow_run_id: str | None
+
+
+class FollowUp:
+    """Serial queue: each job's child run, then (when a sweep's last job is in) its aggregation."""
+
+    def __init__(self, *, database_url: str | None, tracker: Any | None, aggregate: bool) -> None:
+        self._url = database_url
+        self._tracker = tracker
+        self._aggregate = aggregate
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llc-followup")
+        self._parents: dict[int, str] = {}
+        self._lock = threading.Lock()
+        self._futures: list[Future[None]] = []
+        self.logged = 0
+        self.tracking_errors = 0
+        self.aggregated: list[int] = []
+
+    def job_done(self, job: FinishedJob) -> None:
+        if self._tracker is not None:
+            self._submit(self._log_job, job)
+
+    def sweep_done(self, sweep_id: int) -> None:
+        if self._aggregate:
+            self._submit(self._run_aggregate, sweep_id)
+
+    def drain(self) -> None:
+        """Wait for every queued follow-up (call before the scheduler exits)."""
+        self._pool.shutdown(wait=True)
+
+    def _submit(self, fn: Any, arg: Any) -> None:
+        with self._lock:
+            self._futures = [f for f in self._futures if not f.done()]
+            self._futures.append(self._pool.submit(fn, arg))
+
+    def _parent_run(self, sweep_id: int) -> str:
+        if sweep_id in self._parents:
+            return self._parents[sweep_id]
+        with session_scope(self._url) as s:
+            sweep = repo.get_sweep(s, sweep_id=sweep_id)
+            name, config, existing = sweep.name, dict(sweep.config), sweep.mlflow_run_id
+            run_uri = sweep.training_run.uri if sweep.training_run is not None else ""
+        run_id = self._tracker.sweep_run(sweep_id=sweep_id, sweep_name=name, training_run=run_uri, config=config,
+                                         existing_run_id=existing)
+        if run_id != existing:
+            with session_scope(self._url) as s:
+                repo.set_sweep_mlflow_run(s, sweep_id=sweep_id, run_id=run_id)
+        self._parents[sweep_id] = run_id
+        return run_id
+
+    def _log_job(self, job: FinishedJob) -> None:
+        try:
+            parent = self._parent_run(job.sweep_id)
+            params = dict(job.hyperparameters, seed=job.seed)
+            run_id = self._tracker.log_job(parent_run_id=parent, job_key=job.key, step=job.step, params=params,
+                                           result=job.result, existing_run_id=job.mlflow_run_id)
+            with session_scope(self._url) as s:
+                repo.set_job_mlflow_run(s, job_id=job.job_id, run_id=run_id)
+            self.logged += 1
+        except Exception as exc:  # an MLflow failure must never lose or block results
+            self.tracking_errors += 1
+            log.warning("MLflow logging of job %s failed (%s); its result is stored, re-log it later.",
+                        job.job_id, exc)
+
+    def _run_aggregate(self, sweep_id: int) -> None:
+        try:
+            from services.aggregator import aggregate_sweep
+
+            aggregate_sweep(sweep_id=sweep_id, database_url=self._url, tracker=self._tracker)
+            self.aggregated.append(sweep_id)
+        except Exception as exc:
+            log.warning("Aggregating sweep %s failed (%s); run `llc aggregate %s` to retry.", sweep_id, exc, sweep_id)

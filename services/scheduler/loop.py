@@ -1,0 +1,331 @@
+"""The scheduling loop: claim → submit Ray tasks → renew leases → write results as they arrive.
+
+Postgres (or SQLite) is the source of truth: every transition is a conditional store update
+guarded by this scheduler's lease, so several schedulers can share one database and a
+killed one's jobs return to pending once its leases expire.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray import exceptions as rex
+
+from services.scheduler import claims
+from services.scheduler.cluster import has_gpus
+from services.scheduler.followup import FinishedJob, FollowUp
+from services.scheduler.task import remote_execute_job
+from services.store import repository as repo
+from services.store.db import ensure_schema, session_scope
+from services.store.errors import JobStateError
+from services.store.models import JobStatus
+from services.sweeps.expand import spec_from_dict
+
+log = logging.getLogger(__name__)
+
+#: Ray errors meaning the worker or node was lost (not the job's own fault): retried.
+SYSTEM_ERRORS: tuple[type[BaseException], ...] = tuple(
+    e for e in (getattr(rex, n, None) for n in ("WorkerCrashedError", "NodeDiedError", "ObjectLostError",
+                                                 "OwnerDiedError", "RaySystemError", "ActorDiedError",
+                                                 "OutOfMemoryError", "LocalRayletDiedError"))
+    if isinstance(e, type))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedulerOptions:
+    database_url: str | None = None
+    max_in_flight: int = 8
+    lease_seconds: float = 120.0
+    poll_seconds: float = 0.5
+    sweep_id: int | None = None        # only this sweep's jobs
+    until_idle: bool = False           # exit once nothing is pending or running (in scope)
+    once: bool = False                 # one claim, wait for those jobs, exit
+    max_attempts: int = 3              # attempts per job (lost workers, expired leases)
+    ray_max_retries: int = 2           # Ray's own retries of a task whose worker died
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: int
+    sweep_ids: tuple[int, ...]
+    status: str                        # succeeded | diverged | failed | retry | cancelled | lost
+    step: int
+    llc_mean: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class SchedulerReport:
+    owner: str
+    submitted: int = 0
+    succeeded: int = 0
+    diverged: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    lost_lease: int = 0
+    released_orphans: int = 0
+    finished_sweeps: list[int] = field(default_factory=list)
+    tracking_errors: int = 0
+    busy_s: float = 0.0                # time the driver spent on its own work (not waiting on Ray)
+    wall_s: float = 0.0
+
+
+@dataclass
+class _Flight:
+    job_id: int
+    key: str
+    step: int
+    seed: int
+    hyperparameters: dict[str, Any]
+    sweep_ids: tuple[int, ...]
+    mlflow_run_id: str | None
+
+
+def default_owner() -> str:
+    return f"scheduler@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Scheduler:
+    """One Ray driver. `run()` blocks until stopped, idle (`until_idle`) or done (`once`)."""
+
+    def __init__(self, options: SchedulerOptions, *, tracker: Any | None = None, aggregate: bool = True,
+                 on_event: Callable[[JobEvent], None] | None = None) -> None:
+        self.options = options
+        self.owner = options.owner or default_owner()
+        self.report = SchedulerReport(owner=self.owner)
+        self._url = options.database_url
+        self._followup = FollowUp(database_url=self._url, tracker=tracker, aggregate=aggregate)
+        self._on_event = on_event
+        self._inflight: dict[ray.ObjectRef, _Flight] = {}
+        self._resources: dict[int, dict[str, Any]] = {}
+        self._gpus: bool | None = None
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> SchedulerReport:
+        opts = self.options
+        if opts.lease_seconds <= 0 or opts.max_in_flight <= 0:
+            raise ValueError("lease_seconds and max_in_flight must be positive.")
+        ensure_schema(self._url)
+        start = time.perf_counter()
+        busy = 0.0
+        with session_scope(self._url) as s:
+            self.report.released_orphans = repo.release_expired_leases(s, max_attempts=opts.max_attempts)
+        if self.report.released_orphans:
+            log.info("returned %d orphaned job(s) of a dead scheduler to pending", self.report.released_orphans)
+        renew_every = max(0.2, opts.lease_seconds / 3)
+        check_every = min(1.0, renew_every)
+        next_renew = next_check = time.monotonic() + min(renew_every, check_every)
+        claimed_once = False
+        try:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                now = time.monotonic()
+                if now >= next_check:
+                    self._check_cancelled()
+                    next_check = now + check_every
+                if now >= next_renew:
+                    self._renew()
+                    next_renew = now + renew_every
+                if not (opts.once and claimed_once):
+                    free = opts.max_in_flight - len(self._inflight)
+                    if free > 0:
+                        if self._claim_and_submit(free):
+                            claimed_once = True
+                        elif opts.once:
+                            claimed_once = True
+                busy += time.perf_counter() - t0
+                if self._inflight:
+                    ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=opts.poll_seconds)
+                    if ready:
+                        ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=0)
+                    t1 = time.perf_counter()
+                    for ref in ready:
+                        self._handle(ref)
+                    busy += time.perf_counter() - t1
+                    continue
+                if opts.once and claimed_once:
+                    break
+                if opts.until_idle:
+                    t1 = time.perf_counter()
+                    with session_scope(self._url) as s:
+                        left = claims.remaining(s, sweep_id=opts.sweep_id)
+                        if left:
+                            # Orphans of a dead scheduler: take them back as soon as their leases expire.
+                            repo.release_expired_leases(s, max_attempts=opts.max_attempts)
+                    busy += time.perf_counter() - t1
+                    if left == 0:
+                        break
+                self._stop.wait(opts.poll_seconds)
+        finally:
+            self._shutdown()
+            self.report.busy_s = busy
+            self.report.wall_s = time.perf_counter() - start
+        return self.report
+
+    # ------------------------------------------------------------------ steps
+    def _claim_and_submit(self, limit: int) -> int:
+        opts = self.options
+        with session_scope(self._url) as s:
+            jobs = claims.claim(s, owner=self.owner, limit=limit, lease_seconds=opts.lease_seconds, sweep_id=opts.sweep_id)
+            if not jobs:
+                return 0
+            sweep_map = claims.sweeps_of(s, [j.id for j in jobs])
+            rows = [(j.id, j.key, dict(j.spec), dict(j.hyperparameters), int(j.seed), j.mlflow_run_id) for j in jobs]
+            for sweep_ids in sweep_map.values():
+                for sid in sweep_ids:
+                    if sid not in self._resources:
+                        self._resources[sid] = claims.sweep_resources(s, sweep_id=sid)
+        for job_id, key, spec_json, hyper, seed, run_id in rows:
+            sweep_ids = tuple(sweep_map.get(job_id, ()))
+            try:
+                spec = spec_from_dict(spec_json)
+            except (TypeError, KeyError, ValueError) as exc:
+                self._fail(job_id, sweep_ids, int(spec_json.get("step", -1)),
+                           f"job {job_id} has a stored spec this worker version cannot read ({exc}); resubmit the sweep.",
+                           retry=False)
+                continue
+            ref = remote_execute_job.options(**self._task_options(sweep_ids)).remote(spec)
+            self._inflight[ref] = _Flight(job_id=job_id, key=key, step=int(spec.step), seed=seed, hyperparameters=hyper,
+                                          sweep_ids=sweep_ids, mlflow_run_id=run_id)
+            self.report.submitted += 1
+        return len(rows)
+
+    def _task_options(self, sweep_ids: tuple[int, ...]) -> dict[str, Any]:
+        res = self._resources.get(sweep_ids[0], {}) if sweep_ids else {}
+        if self._gpus is None:
+            self._gpus = has_gpus()
+        opts: dict[str, Any] = dict(num_cpus=float(res.get("num_cpus") or 1), max_retries=self.options.ray_max_retries,
+                                    retry_exceptions=False)
+        if self._gpus and float(res.get("num_gpus") or 0) > 0:
+            opts["num_gpus"] = float(res["num_gpus"])
+        if res.get("memory_gb"):
+            opts["memory"] = int(float(res["memory_gb"]) * 2**30)
+        return opts
+
+    def _handle(self, ref: ray.ObjectRef) -> None:
+        flight = self._inflight.pop(ref)
+        try:
+            result = ray.get(ref)
+        except rex.TaskCancelledError:
+            self.report.cancelled += 1
+            self._emit(flight, "cancelled")
+            return
+        except SYSTEM_ERRORS as exc:
+            self._fail(flight.job_id, flight.sweep_ids, flight.step,
+                       f"the Ray worker running job {flight.job_id} was lost after {self.options.ray_max_retries} "
+                       f"retries ({type(exc).__name__}); requeued", retry=True)
+            return
+        except rex.RayTaskError as exc:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            self._fail(flight.job_id, flight.sweep_ids, flight.step, _one_line(cause), retry=False)
+            return
+        diverged = bool(result.get("diverged"))
+        try:
+            with session_scope(self._url) as s:
+                repo.record_result(s, job_id=flight.job_id, owner=self.owner, result=result, diverged=diverged)
+                finished = [sid for sid in flight.sweep_ids if repo.sweep_is_finished(s, sweep_id=sid)]
+        except JobStateError as exc:
+            self.report.lost_lease += 1
+            log.warning("dropping the result of job %s: %s", flight.job_id, exc)
+            self._emit(flight, "lost", error=str(exc))
+            return
+        if diverged:
+            self.report.diverged += 1
+        else:
+            self.report.succeeded += 1
+        self._emit(flight, "diverged" if diverged else "succeeded", llc_mean=result.get("llc_mean"))
+        if flight.sweep_ids:
+            self._followup.job_done(FinishedJob(job_id=flight.job_id, sweep_id=flight.sweep_ids[0], key=flight.key,
+                                                step=flight.step, hyperparameters=flight.hyperparameters,
+                                                seed=flight.seed, result=result, mlflow_run_id=flight.mlflow_run_id))
+        self._sweeps_finished(finished)
+
+    def _fail(self, job_id: int, sweep_ids: tuple[int, ...], step: int, error: str, *, retry: bool) -> None:
+        try:
+            with session_scope(self._url) as s:
+                repo.record_failure(s, job_id=job_id, owner=self.owner, error=error, retry=retry,
+                                    max_attempts=self.options.max_attempts)
+                status = repo.get_job(s, job_id=job_id).status
+                finished = [sid for sid in sweep_ids if repo.sweep_is_finished(s, sweep_id=sid)]
+        except JobStateError as exc:
+            self.report.lost_lease += 1
+            log.warning("dropping the failure of job %s: %s", job_id, exc)
+            return
+        if status == JobStatus.PENDING:
+            self.report.retried += 1
+        else:
+            self.report.failed += 1
+        log.warning("job %s %s: %s", job_id, "will be retried" if status == JobStatus.PENDING else "failed", error)
+        if self._on_event is not None:
+            self._on_event(JobEvent(job_id=job_id, sweep_ids=sweep_ids, step=step, error=error,
+                                    status="retry" if status == JobStatus.PENDING else "failed"))
+        self._sweeps_finished(finished)
+
+    def _sweeps_finished(self, sweep_ids: list[int]) -> None:
+        for sid in sweep_ids:
+            if sid not in self.report.finished_sweeps:
+                self.report.finished_sweeps.append(sid)
+                self._followup.sweep_done(sid)
+
+    def _renew(self) -> None:
+        if not self._inflight:
+            return
+        ids = [f.job_id for f in self._inflight.values()]
+        with session_scope(self._url) as s:
+            held = repo.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
+        if held < len(ids):
+            log.warning("%d of %d leases were lost (expired or cancelled)", len(ids) - held, len(ids))
+
+    def _check_cancelled(self) -> None:
+        """Cancel the Ray tasks of jobs that `llc cancel` (or another scheduler) took away."""
+        if not self._inflight:
+            return
+        with session_scope(self._url) as s:
+            current = claims.statuses(s, [f.job_id for f in self._inflight.values()])
+        for ref, flight in list(self._inflight.items()):
+            if current.get(flight.job_id) == JobStatus.CANCELLED:
+                ray.cancel(ref, force=True)
+                del self._inflight[ref]
+                self.report.cancelled += 1
+                self._emit(flight, "cancelled")
+
+    def _emit(self, flight: _Flight, status: str, *, llc_mean: float | None = None, error: str | None = None) -> None:
+        if self._on_event is not None:
+            self._on_event(JobEvent(job_id=flight.job_id, sweep_ids=flight.sweep_ids, status=status, step=flight.step,
+                                    llc_mean=llc_mean, error=error))
+
+    def _shutdown(self) -> None:
+        """Graceful exit: cancel our tasks, hand our jobs back to pending, finish MLflow/aggregation."""
+        for ref in list(self._inflight):
+            ray.cancel(ref, force=True)
+        self._inflight.clear()
+        try:
+            with session_scope(self._url) as s:
+                repo.release_owner_jobs(s, owner=self.owner)
+        except Exception as exc:  # the store may be the thing that failed
+            log.warning("could not hand back this scheduler's jobs (%s); their leases will expire", exc)
+        self._followup.drain()
+        self.report.tracking_errors = self._followup.tracking_errors
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    from workers.job import JobInputError
+
+    if isinstance(exc, JobInputError):
+        return text
+    return f"{type(exc).__name__}: {text}"[:2000]

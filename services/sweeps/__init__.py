@@ -1,0 +1,1 @@
+"""Sweeps: Hydra structured configs, config loading, checkpoint selection, grid expansion, submission."""

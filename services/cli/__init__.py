@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "services.cli.db",
+    "services.cli.sweeps",
 )
 
 

@@ -1,0 +1,287 @@
+"""`llc submit`, `llc scheduler`, `llc status`, `llc cancel`, `llc run`: sweeps end to end.
+
+Every command takes Hydra overrides (`store=postgres`, `sweep=demo`, `sampler.epsilon=[...]`);
+endpoints come from the tools' own variables when set (LLC_DATABASE_URL, AWS_ENDPOINT_URL_S3,
+MLFLOW_TRACKING_URI, RAY_ADDRESS), else the embedded default.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+from services.cli import UserError
+
+TERMINAL = ("succeeded", "diverged", "failed", "cancelled")
+
+
+def register(subparsers: Any) -> None:
+    ov_help = "Hydra overrides, e.g. sweep=demo sampler.epsilon=[1e-4,3e-4] store=postgres"
+
+    submit = subparsers.add_parser("submit", help="resolve a sweep config and write its jobs to the store")
+    submit.add_argument("overrides", nargs="*", help=ov_help)
+    submit.add_argument("--dry-run", action="store_true", help="show the plan, write nothing")
+    submit.set_defaults(func=_submit)
+
+    sched = subparsers.add_parser("scheduler", help="the long-running Ray driver: runs pending jobs")
+    sched.add_argument("overrides", nargs="*", help=ov_help)
+    mode = sched.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true", help="claim one batch, finish it, exit")
+    mode.add_argument("--until-idle", action="store_true", help="exit when nothing is pending or running")
+    _scheduler_options(sched)
+    sched.add_argument("--sweep", type=int, default=None, metavar="ID", help="run only this sweep's jobs")
+    sched.add_argument("-v", "--verbose", action="store_true")
+    sched.set_defaults(func=_scheduler)
+
+    status = subparsers.add_parser("status", help="counts by state, λ̂ so far and failures of a sweep (or all)")
+    status.add_argument("sweep", nargs="?", default=None, metavar="SWEEP")
+    status.add_argument("overrides", nargs="*", help=ov_help)
+    status.add_argument("--watch", action="store_true", help="progress bars until the sweep(s) finish")
+    status.add_argument("--interval", type=float, default=2.0, help=argparse.SUPPRESS)
+    status.set_defaults(func=_status)
+
+    cancel = subparsers.add_parser("cancel", help="cancel a sweep's pending and running jobs")
+    cancel.add_argument("sweep", type=int, metavar="SWEEP")
+    cancel.add_argument("overrides", nargs="*", help=ov_help)
+    cancel.set_defaults(func=_cancel)
+
+    run = subparsers.add_parser("run", help="submit a sweep and run it here until it finishes (one machine)")
+    run.add_argument("overrides", nargs="*", help=ov_help)
+    _scheduler_options(run)
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=_run)
+
+
+def _scheduler_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-in-flight", type=int, default=None, metavar="N",
+                   help="Ray tasks in flight at once (default: the cluster's CPUs / the sweep's CPUs per job)")
+    p.add_argument("--lease-seconds", type=float, default=120.0, metavar="S", help="job lease length (renewed every S/3)")
+    p.add_argument("--poll-seconds", type=float, default=0.5, help=argparse.SUPPRESS)
+    p.add_argument("--max-attempts", type=int, default=3, help="attempts per job before it is failed")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+
+
+# ---------------------------------------------------------------- helpers
+
+def _config(overrides: list[str]) -> Any:
+    from services.sweeps.config import load_config
+
+    return load_config(overrides)
+
+
+def _endpoints(overrides: list[str]) -> Any:
+    from services.sweeps.endpoints import resolve_endpoints
+
+    return resolve_endpoints(_config(overrides))
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _tracker(uri: str, disabled: bool) -> Any:
+    if disabled:
+        return None
+    from services.tracking import Tracker
+
+    return Tracker(uri)
+
+
+def _max_in_flight(requested: int | None, num_cpus_per_job: float) -> int:
+    if requested:
+        if requested < 1:
+            raise UserError(f"--max-in-flight must be at least 1, got {requested}.")
+        return requested
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(1, int(cpus // max(num_cpus_per_job, 1e-9)) * 2)
+
+
+# ---------------------------------------------------------------- commands
+
+def _submit(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from services.sweeps.submit import plan_sweep, submit_plan
+
+    cfg = _config(args.overrides)
+    console = Console()
+    with console.status("discovering checkpoints"):
+        plan = plan_sweep(cfg)
+    for reason in plan.skipped:
+        console.print(f"[yellow]skipped:[/] {reason}")
+    if args.dry_run:
+        console.print(f"plan: {len(plan.jobs)} jobs over {len(plan.checkpoints)} checkpoints of {plan.run_uri} "
+                      f"(steps {[c.step for c in plan.checkpoints]}); nothing written")
+        return 0
+    outcome = submit_plan(plan, name=cfg.sweep.name, submitted_by=None, database_url=plan.endpoints.database_url)
+    console.print(outcome.summary())
+    print(f"sweep_id={outcome.sweep_id} new={outcome.new} already_done={outcome.already_done} "
+          f"already_queued={outcome.already_queued}")
+    if outcome.new == 0 and outcome.already_queued == 0:
+        console.print(f"every job is already done; `llc aggregate {outcome.sweep_id}` builds its curves")
+    return 0
+
+
+def _scheduler(args: argparse.Namespace) -> int:
+    from services.scheduler.cluster import connect, disconnect
+    from services.scheduler.loop import Scheduler, SchedulerOptions
+
+    _logging(args.verbose)
+    cfg = _config(args.overrides)
+    from services.sweeps.endpoints import resolve_endpoints
+
+    ends = resolve_endpoints(cfg)
+    started = connect(address=ends.ray_address, num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus)
+    try:
+        opts = SchedulerOptions(database_url=ends.database_url, max_in_flight=_max_in_flight(args.max_in_flight, 1.0),
+                                lease_seconds=args.lease_seconds, poll_seconds=args.poll_seconds, sweep_id=args.sweep,
+                                until_idle=args.until_idle, once=args.once, max_attempts=args.max_attempts)
+        scheduler = Scheduler(opts, tracker=_tracker(ends.tracking_uri, args.no_tracking))
+        report = scheduler.run()
+    finally:
+        disconnect(started)
+    print(f"scheduler {report.owner}: submitted {report.submitted}, succeeded {report.succeeded}, "
+          f"diverged {report.diverged}, failed {report.failed}, retried {report.retried}, "
+          f"cancelled {report.cancelled}, orphans returned {report.released_orphans}, "
+          f"finished sweeps {report.finished_sweeps}")
+    return 0
+
+
+def _split_sweep_arg(args: argparse.Namespace) -> tuple[int | None, list[str]]:
+    overrides = list(args.overrides)
+    sweep = args.sweep
+    if isinstance(sweep, str) and "=" in sweep:
+        overrides.insert(0, sweep)
+        sweep = None
+    if sweep is not None:
+        try:
+            sweep = int(sweep)
+        except ValueError:
+            raise UserError(f"SWEEP must be a sweep id (an integer), got {sweep!r}; run `llc status` to list them.") from None
+    return sweep, overrides
+
+
+def _status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from services.store import repository as repo
+    from services.store.db import check_schema, session_scope
+    from services.sweeps import views
+
+    sweep_id, overrides = _split_sweep_arg(args)
+    url = _endpoints(overrides).database_url
+    check_schema(url)
+    console = Console()
+    if args.watch:
+        return _watch(url, sweep_id, args.interval, console)
+    with session_scope(url) as s:
+        if sweep_id is None:
+            sweeps = repo.list_sweeps(s)
+            if not sweeps:
+                console.print("no sweeps yet; submit one with `llc submit sweep=demo`")
+                return 0
+            console.print(views.sweeps_table(sweeps, {sw.id: repo.sweep_counts(s, sweep_id=sw.id) for sw in sweeps}))
+            return 0
+        sweep = repo.get_sweep(s, sweep_id=sweep_id)
+        console.print(views.sweep_detail(sweep, repo.sweep_counts(s, sweep_id=sweep_id),
+                                         repo.sweep_results(s, sweep_id=sweep_id)))
+    return 0
+
+
+def _watch(url: str, sweep_id: int | None, interval: float, console: Any) -> int:
+    from services.store import repository as repo
+    from services.store.db import session_scope
+    from services.sweeps import views
+
+    bars: dict[int, Any] = {}
+    with views.progress_bars() as progress:
+        while True:
+            with session_scope(url) as s:
+                sweeps = [repo.get_sweep(s, sweep_id=sweep_id)] if sweep_id is not None else [
+                    sw for sw in repo.list_sweeps(s) if sw.status in ("submitted", "running")]
+                active = 0
+                for sw in sweeps:
+                    c = repo.sweep_counts(s, sweep_id=sw.id)
+                    total = sum(c.values())
+                    done = sum(c[k] for k in TERMINAL)
+                    detail = f"running {c['running']} · failed {c['failed']} · diverged {c['diverged']}"
+                    if sw.id not in bars:
+                        bars[sw.id] = progress.add_task(f"sweep {sw.id} {sw.name}", total=total, detail=detail)
+                    progress.update(bars[sw.id], completed=done, total=total, detail=detail)
+                    active += sw.status in ("submitted", "running")
+            if not active:
+                return 0
+            time.sleep(interval)
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    from services.store import repository as repo
+    from services.store.db import check_schema, session_scope
+
+    url = _endpoints(args.overrides).database_url
+    check_schema(url)
+    with session_scope(url) as s:
+        ids = repo.cancel_sweep(s, sweep_id=args.sweep)
+    print(f"sweep {args.sweep} cancelled: {len(ids)} pending/running job(s) cancelled "
+          "(schedulers cancel the running Ray tasks within a second)")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from services.scheduler.cluster import connect, disconnect
+    from services.scheduler.loop import JobEvent, Scheduler, SchedulerOptions
+    from services.sweeps.submit import plan_sweep, submit_plan
+    from services.sweeps import views
+
+    _logging(args.verbose)
+    cfg = _config(args.overrides)
+    console = Console()
+    with console.status("discovering checkpoints"):
+        plan = plan_sweep(cfg)
+    outcome = submit_plan(plan, name=cfg.sweep.name, submitted_by=None, database_url=plan.endpoints.database_url)
+    console.print(outcome.summary())
+    ends = plan.endpoints
+    tracker = _tracker(ends.tracking_uri, args.no_tracking)
+    todo = outcome.new + outcome.already_queued
+    if todo == 0:
+        _aggregate_now(outcome.sweep_id, ends.database_url, tracker, console)
+        return 0
+    num_cpus = cfg.cluster.num_cpus
+    started = connect(address=ends.ray_address, num_cpus=num_cpus, num_gpus=cfg.cluster.num_gpus)
+    try:
+        with views.progress_bars() as progress:
+            bar = progress.add_task(f"sweep {outcome.sweep_id} {cfg.sweep.name}", total=todo, detail="")
+            tally = {"failed": 0, "diverged": 0}
+
+            def on_event(ev: JobEvent) -> None:
+                if ev.status in ("succeeded", "diverged", "failed", "cancelled"):
+                    tally[ev.status] = tally.get(ev.status, 0) + 1
+                    progress.advance(bar)
+                    last = f"step {ev.step}: λ̂={ev.llc_mean:.3g}" if ev.llc_mean is not None else f"step {ev.step}: {ev.status}"
+                    progress.update(bar, detail=f"{last} · failed {tally['failed']} · diverged {tally['diverged']}")
+
+            opts = SchedulerOptions(database_url=ends.database_url, sweep_id=outcome.sweep_id, until_idle=True,
+                                    max_in_flight=_max_in_flight(args.max_in_flight, cfg.sweep.resources.num_cpus),
+                                    lease_seconds=args.lease_seconds, poll_seconds=args.poll_seconds,
+                                    max_attempts=args.max_attempts)
+            report = Scheduler(opts, tracker=tracker, on_event=on_event).run()
+    finally:
+        disconnect(started)
+    console.print(f"sweep {outcome.sweep_id}: {report.succeeded} succeeded, {report.diverged} diverged, "
+                  f"{report.failed} failed; `llc status {outcome.sweep_id}` shows λ̂ by step")
+    return 0 if report.failed == 0 else 1
+
+
+def _aggregate_now(sweep_id: int, url: str, tracker: Any, console: Any) -> None:
+    from services.aggregator import aggregate_sweep
+
+    console.print("every job is already done; aggregating")
+    report = aggregate_sweep(sweep_id=sweep_id, database_url=url, tracker=tracker)
+    table = getattr(report, "table", None)
+    if callable(table):
+        console.print(table())

@@ -1,0 +1,86 @@
+"""Rich views of sweeps for `llc status`: counts by state, λ̂ so far, failures with reasons."""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from rich.console import Group
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+STATES = ("pending", "running", "succeeded", "diverged", "failed", "cancelled")
+_HYPER_SHORT = {"epsilon": "ε", "nbeta": "nβ", "gamma": "γ", "num_chains": "chains", "num_draws": "draws",
+                "num_burnin": "burnin", "batch_size": "batch"}
+
+
+def setting_label(hyper: dict[str, Any], varying: set[str]) -> str:
+    keys = [k for k in _HYPER_SHORT if k in varying] or ["epsilon"]
+    return " ".join(f"{_HYPER_SHORT[k]}={_fmt(hyper.get(k))}" for k in keys)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "auto"
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def sweeps_table(sweeps: list[Any], counts: dict[int, dict[str, int]]) -> Table:
+    table = Table(title="sweeps")
+    for col in ("id", "name", "status", "submitted", *STATES):
+        table.add_column(col, justify="right" if col in STATES or col == "id" else "left")
+    for sw in sweeps:
+        c = counts[sw.id]
+        table.add_row(str(sw.id), sw.name, sw.status, sw.created_at.strftime("%Y-%m-%d %H:%M"),
+                      *[str(c.get(s, 0)) for s in STATES])
+    return table
+
+
+def sweep_detail(sweep: Any, counts: dict[str, int], rows: list[Any], *, max_settings: int = 6) -> Group:
+    head = Table(title=f"sweep {sweep.id} · {sweep.name} · {sweep.status}")
+    for s in STATES:
+        head.add_column(s, justify="right")
+    head.add_row(*[str(counts.get(s, 0)) for s in STATES])
+    parts: list[Any] = [head]
+
+    varying = {k for k in _HYPER_SHORT if len({repr(r.hyperparameters.get(k)) for r in rows}) > 1}
+    done = [r for r in rows if r.status in ("succeeded", "diverged")]
+    if done:
+        by_setting: dict[str, dict[int, list[Any]]] = defaultdict(lambda: defaultdict(list))
+        for r in done:
+            by_setting[setting_label(r.hyperparameters, varying)][r.step].append(r)
+        settings = sorted(by_setting)[:max_settings]
+        llc = Table(title="λ̂ so far (mean ± std over chains; * diverged)")
+        llc.add_column("step", justify="right")
+        for name in settings:
+            llc.add_column(name, justify="right")
+        for step in sorted({r.step for r in done}):
+            cells = []
+            for name in settings:
+                found = by_setting[name].get(step, [])
+                cells.append(", ".join(_cell(r) for r in found) or "·")
+            llc.add_row(str(step), *cells)
+        parts.append(llc)
+    failures = [r for r in rows if r.status == "failed"]
+    if failures:
+        fail = Table(title=f"failures ({len(failures)})")
+        fail.add_column("job", justify="right")
+        fail.add_column("step", justify="right")
+        fail.add_column("reason")
+        for r in failures[:20]:
+            fail.add_row(str(r.job_id), str(r.step), r.error or "")
+        parts.append(fail)
+    return Group(*parts)
+
+
+def _cell(r: Any) -> str:
+    if r.llc_mean is None:
+        return "nan*" if r.diverged else "?"
+    text = f"{r.llc_mean:.3g}" + (f"±{r.llc_std:.2g}" if r.llc_std is not None else "")
+    return text + ("*" if r.status == "diverged" else "")
+
+
+def progress_bars() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[detail]}"), TimeElapsedColumn())

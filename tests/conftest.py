@@ -147,3 +147,21 @@ def mlflow_server(s3_endpoint: str) -> Iterator[str]:
     except subprocess.TimeoutExpired:
         proc.kill()
     drop_pg_database(backend)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_endpoint: str) -> Iterator[str]:
+    """One local Ray cluster started in the pytest process (after S3 is up, so its workers see
+    AWS_ENDPOINT_URL_S3); subprocess schedulers join it via RAY_ADDRESS=<returned GCS address>.
+    Shuts down only this cluster (never `ray stop`)."""
+    import ray
+
+    if ray.is_initialized():
+        raise RuntimeError("Ray is already initialized in this test process; the ray_cluster fixture owns it.")
+    temp = Path(tempfile.mkdtemp(prefix="r", dir=_TMP))
+    ctx = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=str(temp), log_to_driver=False,
+                   configure_logging=False)
+    try:
+        yield str(ctx.address_info["gcs_address"])
+    finally:
+        ray.shutdown()

@@ -1,0 +1,299 @@
+from __future__ import annotations
+
+import math
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import update
+
+from services.store import repository as repo
+from services.store.db import session_scope
+from services.store.errors import JobStateError, NotFound
+from services.store.jobkey import job_key
+from services.store.models import Job, Result, Stage
+
+
+def _make_jobs(s, n_steps: int = 3, seeds: tuple[int, ...] = (0, 1), lr: float = 1e-4, run: str = "s3://b/run"):
+    tr = repo.upsert_training_run(s, uri=run)
+    out = []
+    for step in range(n_steps):
+        ck = repo.upsert_checkpoint(s, training_run=tr, step=step * 100, uri=f"{run}/step-{step * 100}", fingerprint=f"fp{step}")
+        for seed in seeds:
+            hp = {"lr": lr, "gamma": 100.0}
+            key = job_key(checkpoint_uri=ck.uri, fingerprint=ck.fingerprint, dataset={"n": 64}, sampler=hp, seed=seed, estimator_version="1")
+            out.append(repo.NewJob(checkpoint=ck, key=key, hyperparameters=hp, seed=seed, spec={"checkpoint": ck.uri, "seed": seed}))
+    return tr, out
+
+
+def _sweep(s, name: str = "sw", **kw):
+    tr, jobs = _make_jobs(s, **kw)
+    sweep = repo.create_sweep(s, name=name, config={"sweep": name}, submitted_by="alice", training_run=tr)
+    outcome = repo.add_jobs(s, sweep=sweep, jobs=jobs)
+    return sweep, jobs, outcome
+
+
+RESULT = {"llc_mean": 12.5, "llc_std": 0.5, "llc_per_chain": [12.0, 13.0], "init_loss": 2.25, "baseline_loss": 2.0,
+          "nbeta": 14.4, "n": 64, "draws": 100, "chains": 2, "diagnostics": {"rhat": 1.01, "ess": float("nan")},
+          "wall_time_s": 3.5, "device": "cpu", "worker_host": "node-7"}
+
+
+def test_add_jobs_creates_links_and_shares_keys_across_sweeps(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        a, jobs, out_a = _sweep(s, "a")
+        assert (out_a.new, out_a.already_done, out_a.already_queued, out_a.total) == (6, 0, 0, 6)
+        assert a.status == "submitted" and a.submitter_kind == "person"
+        assert repo.sweep_counts(s, sweep_id=a.id)["pending"] == 6
+        claimed = repo.claim_jobs(s, owner="w", limit=1, lease_seconds=60)
+        repo.record_result(s, job_id=claimed[0].id, owner="w", result=RESULT, diverged=False)
+        b = repo.create_sweep(s, name="b", config={}, submitted_by="schedule:nightly", training_run=None)
+        out_b = repo.add_jobs(s, sweep=b, jobs=jobs + jobs[:1])  # a duplicate key in the same submission
+        assert (out_b.new, out_b.already_done, out_b.already_queued) == (0, 1, 6)
+        assert b.submitter_kind == "schedule" and b.status == "running"
+        assert s.query(Job).count() == 6
+        rows_b = {r.job_id: r for r in repo.sweep_results(s, sweep_id=b.id)}
+        assert rows_b[claimed[0].id].llc_mean == 12.5 and rows_b[claimed[0].id].status == "succeeded"
+        assert [r.step for r in repo.sweep_results(s, sweep_id=a.id)] == [0, 0, 100, 100, 200, 200]
+
+
+def test_claim_sets_lease_attempts_and_sweep_running(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        sweep, _, _ = _sweep(s)
+        sid = sweep.id
+    with session_scope(store_url) as s:
+        before = datetime.now(timezone.utc)
+        got = repo.claim_jobs(s, owner="sched-1", limit=4, lease_seconds=120)
+        assert len(got) == 4 and [j.id for j in got] == sorted(j.id for j in got)
+        for j in got:
+            assert j.status == "running" and j.attempts == 1 and j.lease_owner == "sched-1"
+            assert j.lease_expires_at is not None and j.lease_expires_at.tzinfo is not None
+            assert before + timedelta(seconds=119) < j.lease_expires_at < before + timedelta(seconds=200)
+        assert repo.get_sweep(s, sweep_id=sid).status == "running"
+        assert len(repo.claim_jobs(s, owner="sched-2", limit=10, lease_seconds=120)) == 2
+        assert repo.claim_jobs(s, owner="sched-2", limit=10, lease_seconds=120) == []
+
+
+def _claim_all(url: str, owner: str, out: dict[str, list[int]], errors: list[BaseException], barrier: threading.Barrier) -> None:
+    try:
+        barrier.wait()
+        while True:
+            with session_scope(url) as s:
+                got = repo.claim_jobs(s, owner=owner, limit=3, lease_seconds=60)
+                ids = [j.id for j in got]
+            if not ids:
+                return
+            out[owner].extend(ids)
+    except BaseException as exc:  # surfaced by the test
+        errors.append(exc)
+
+
+def test_concurrent_claimers_never_get_the_same_job(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        _sweep(s, n_steps=15, seeds=(0, 1, 2))  # 45 jobs
+    owners = [f"claimer-{i}" for i in range(4)]
+    out: dict[str, list[int]] = {o: [] for o in owners}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(owners))
+    threads = [threading.Thread(target=_claim_all, args=(store_url, o, out, errors, barrier)) for o in owners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert errors == []
+    claimed = [i for ids in out.values() for i in ids]
+    assert len(claimed) == len(set(claimed)) == 45
+    with session_scope(store_url) as s:
+        by_owner = {o: sorted(j.id for j in s.query(Job).filter(Job.lease_owner == o)) for o in owners}
+        assert by_owner == {o: sorted(ids) for o, ids in out.items()}
+        assert {j.attempts for j in s.query(Job)} == {1}
+
+
+def _expire(url: str, job_ids: list[int]) -> None:
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id.in_(job_ids)).values(lease_expires_at=datetime.now(timezone.utc) - timedelta(seconds=1)))
+
+
+def test_expired_leases_return_to_pending_then_fail_after_max_attempts(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        sweep, _, _ = _sweep(s, n_steps=1, seeds=(0, 1))
+        sid = sweep.id
+    with session_scope(store_url) as s:
+        ids = [j.id for j in repo.claim_jobs(s, owner="dead", limit=2, lease_seconds=60)]
+    with session_scope(store_url) as s:
+        assert repo.release_expired_leases(s, max_attempts=2) == 0  # leases still valid
+    _expire(store_url, ids[:1])
+    with session_scope(store_url) as s:
+        assert repo.release_expired_leases(s, max_attempts=2) == 1
+        job = repo.get_job(s, job_id=ids[0])
+        assert (job.status, job.attempts, job.lease_owner) == ("pending", 1, None)
+        assert "lease expired" in (job.error or "")
+        assert repo.renew_leases(s, owner="dead", job_ids=ids, lease_seconds=60) == 1  # only the one it still holds
+        again = repo.claim_jobs(s, owner="alive", limit=5, lease_seconds=60)
+        assert [j.id for j in again] == ids[:1] and again[0].attempts == 2
+    with pytest.raises(JobStateError, match="no longer holds its lease"):
+        with session_scope(store_url) as s:
+            repo.record_result(s, job_id=ids[0], owner="dead", result=RESULT, diverged=False)
+    _expire(store_url, ids[:1])
+    with session_scope(store_url) as s:
+        assert repo.release_expired_leases(s, max_attempts=2) == 1
+        job = repo.get_job(s, job_id=ids[0])
+        assert job.status == "failed" and "gave up" in (job.error or "")
+        assert repo.sweep_counts(s, sweep_id=sid)["failed"] == 1
+
+
+def test_results_for_unknown_finished_or_foreign_jobs_are_refused(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        _sweep(s, n_steps=1, seeds=(0, 1))
+        a, b = repo.claim_jobs(s, owner="w", limit=2, lease_seconds=60)
+        res = repo.record_result(s, job_id=a.id, owner="w", result=RESULT, diverged=False)
+        assert (res.llc_mean, res.num_draws, res.num_chains, res.device) == (12.5, 100, 2, "cpu")
+        assert res.diagnostics == {"rhat": 1.01, "ess": None} and res.payload["worker_host"] == "node-7"
+        assert a.worker_host == "node-7" and a.status == "succeeded"
+        aid, bid = a.id, b.id
+    for job_id, owner, pattern in [(999_999, None, "no such job"), (aid, None, "already succeeded"), (aid, "w", "already succeeded"),
+                                   (bid, "intruder", "intruder no longer holds")]:
+        with pytest.raises(JobStateError, match=pattern):
+            with session_scope(store_url) as s:
+                repo.record_result(s, job_id=job_id, owner=owner, result={"llc_mean": -1.0}, diverged=False)
+    with pytest.raises(JobStateError, match="already succeeded"):
+        with session_scope(store_url) as s:
+            repo.record_failure(s, job_id=aid, owner=None, error="late", retry=False)
+    with session_scope(store_url) as s:
+        assert [r.llc_mean for r in s.query(Result)] == [12.5]
+        assert repo.get_job(s, job_id=bid).status == "running"
+
+
+def test_diverged_is_final_and_failures_retry_until_attempts_run_out(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        sweep, jobs, _ = _sweep(s, n_steps=1, seeds=(0, 1))
+        sid = sweep.id
+        a, b = repo.claim_jobs(s, owner="w", limit=2, lease_seconds=60)
+        res = repo.record_result(s, job_id=a.id, owner="w", result={"llc_mean": math.nan, "llc_per_chain": [math.inf, 1.0]}, diverged=True)
+        assert res.diverged and res.llc_mean is None and res.llc_per_chain == [None, 1.0] and a.status == "diverged"
+        repo.record_failure(s, job_id=b.id, owner="w", error="CUDA OOM", retry=True, max_attempts=2)
+        assert (b.status, b.error) == ("pending", "CUDA OOM")
+        (b2,) = repo.claim_jobs(s, owner="w", limit=1, lease_seconds=60)
+        assert b2.attempts == 2
+        repo.record_failure(s, job_id=b2.id, owner="w", error="CUDA OOM again", retry=True, max_attempts=2)
+        assert b2.status == "failed" and b2.finished_at is not None
+        assert repo.get_sweep(s, sweep_id=sid).status == "finished" and repo.sweep_is_finished(s, sweep_id=sid)
+        # A new sweep asking for the same keys reuses the diverged one and retries the failed one.
+        again = repo.create_sweep(s, name="again", config={}, submitted_by="bob", training_run=None)
+        out = repo.add_jobs(s, sweep=again, jobs=jobs)
+        assert (out.new, out.requeued, out.already_done, out.already_queued) == (1, 1, 1, 0)
+        assert b2.status == "pending" and b2.attempts == 0 and b2.error is None
+
+
+def test_cancel_keeps_jobs_another_active_sweep_needs(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        a, jobs, _ = _sweep(s, "a", n_steps=2, seeds=(0,))
+        b = repo.create_sweep(s, name="b", config={}, submitted_by="bob", training_run=None)
+        repo.add_jobs(s, sweep=b, jobs=jobs[:1])
+        running = repo.claim_jobs(s, owner="w", limit=2, lease_seconds=60)
+        assert len(running) == 2
+        _, extra, _ = _sweep(s, "c", n_steps=1, seeds=(5,), run="s3://b/other")
+        only_a = repo.create_sweep(s, name="a2", config={}, submitted_by="alice", training_run=None)
+        repo.add_jobs(s, sweep=only_a, jobs=extra)
+        ids = (a.id, b.id, only_a.id, running[0].id, running[1].id)
+    with session_scope(store_url) as s:
+        a_id, b_id, a2_id, shared_id, own_id = ids
+        assert repo.cancel_sweep(s, sweep_id=a_id) == [own_id]  # the shared running job is still needed by b
+        assert repo.get_sweep(s, sweep_id=a_id).status == "cancelled" and repo.sweep_is_finished(s, sweep_id=a_id)
+        assert repo.get_job(s, job_id=shared_id).status == "running"
+        assert repo.cancel_sweep(s, sweep_id=b_id) == [shared_id]
+        with pytest.raises(JobStateError, match="already cancelled"):
+            repo.record_result(s, job_id=own_id, owner="w", result=RESULT, diverged=False)
+        assert repo.sweep_counts(s, sweep_id=a2_id)["pending"] == 1  # untouched
+        with pytest.raises(JobStateError, match="is cancelled"):
+            repo.add_jobs(s, sweep=repo.get_sweep(s, sweep_id=a_id), jobs=jobs)
+
+
+def test_graceful_release_does_not_count_the_attempt(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        _sweep(s, n_steps=1, seeds=(0, 1))
+        repo.claim_jobs(s, owner="me", limit=1, lease_seconds=60)
+        repo.claim_jobs(s, owner="other", limit=1, lease_seconds=60)
+        assert repo.release_owner_jobs(s, owner="me") == 1
+        states = sorted((j.status, j.attempts, j.lease_owner) for j in s.query(Job))
+        assert states == [("pending", 0, None), ("running", 1, "other")]
+
+
+def test_sweep_lifecycle_and_mlflow_ids(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        sweep, _, _ = _sweep(s, n_steps=1, seeds=(0,))
+        repo.set_sweep_mlflow_run(s, sweep_id=sweep.id, run_id="parent123")
+        (job,) = repo.claim_jobs(s, owner="w", limit=1, lease_seconds=60)
+        repo.set_job_mlflow_run(s, job_id=job.id, run_id="child456")
+        assert not repo.sweep_is_finished(s, sweep_id=sweep.id)
+        repo.record_result(s, job_id=job.id, owner=None, result=RESULT, diverged=False)
+        sid = sweep.id
+    with session_scope(store_url) as s:
+        sweep = repo.get_sweep(s, sweep_id=sid)
+        assert (sweep.status, sweep.mlflow_run_id) == ("finished", "parent123") and sweep.finished_at is not None
+        (row,) = repo.sweep_results(s, sweep_id=sid)
+        assert (row.mlflow_run_id, row.llc_per_chain, row.init_loss, row.baseline_loss) == ("child456", [12.0, 13.0], 2.25, 2.0)
+        assert [x.id for x in repo.list_sweeps(s)] == [sid]
+        with pytest.raises(NotFound, match="no sweep with id 4242") as info:
+            repo.get_sweep(s, sweep_id=4242)
+        assert isinstance(info.value, LookupError)
+        with pytest.raises(NotFound, match="4242"):
+            repo.set_sweep_mlflow_run(s, sweep_id=4242, run_id="x")
+
+
+def test_checkpoints_are_keyed_by_content(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        tr = repo.upsert_training_run(s, uri="s3://b/run")
+        one = repo.upsert_checkpoint(s, training_run=tr, step=10, uri="s3://b/run/step-10", fingerprint="aaa")
+        assert repo.upsert_checkpoint(s, training_run=tr, step=10, uri="s3://b/run/step-10", fingerprint="aaa").id == one.id
+        rewritten = repo.upsert_checkpoint(s, training_run=tr, step=10, uri="s3://b/run/step-10", fingerprint="bbb")
+        assert rewritten.id != one.id
+        with pytest.raises(ValueError, match="already stored as step 10"):
+            repo.upsert_checkpoint(s, training_run=tr, step=20, uri="s3://b/run/step-10", fingerprint="aaa")
+
+
+def test_replace_stages_never_duplicates(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        sweep, _, _ = _sweep(s, n_steps=1, seeds=(0,))
+        stages = [repo.StageRow(hyperparameters={"lr": 1e-4}, start_step=0, end_step=300, kind="B", llc_change=-2.0, loss_change=0.0),
+                  repo.StageRow(hyperparameters={"lr": 1e-4}, start_step=300, end_step=900, kind="A", llc_change=5.0, loss_change=-1.5),
+                  repo.StageRow(hyperparameters={"lr": 1e-3}, start_step=0, end_step=900, kind="A", llc_change=4.0, loss_change=-1.0)]
+        repo.replace_stages(s, sweep_id=sweep.id, stages=stages)
+        repo.replace_stages(s, sweep_id=sweep.id, stages=stages)
+        got = repo.list_stages(s, sweep_id=sweep.id)
+        assert len(got) == 3 == s.query(Stage).count()
+        assert sorted((g.hyperparameters["lr"], g.start_step, g.kind) for g in got) == [(1e-4, 0, "B"), (1e-4, 300, "A"), (1e-3, 0, "A")]
+        with pytest.raises(ValueError, match="not 'A' or 'B'"):
+            repo.replace_stages(s, sweep_id=sweep.id, stages=[repo.StageRow(hyperparameters={}, start_step=0, end_step=1, kind="C")])
+        assert len(repo.list_stages(s, sweep_id=sweep.id)) == 3
+
+
+def _claim_in_process(url: str, owner: str, queue) -> None:  # type: ignore[no-untyped-def]
+    ids: list[int] = []
+    while True:
+        with session_scope(url) as s:
+            got = [j.id for j in repo.claim_jobs(s, owner=owner, limit=2, lease_seconds=60)]
+        if not got:
+            break
+        ids.extend(got)
+    queue.put(ids)
+
+
+def test_concurrent_claimer_processes_never_get_the_same_job(store_url: str) -> None:
+    import multiprocessing
+
+    with session_scope(store_url) as s:
+        _sweep(s, n_steps=10, seeds=(0, 1))  # 20 jobs
+    from services.store.db import dispose_engines
+
+    dispose_engines()  # children must not share the parent's connections
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_claim_in_process, args=(store_url, f"proc-{i}", queue)) for i in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    claimed = [i for ids in results for i in ids]
+    assert len(claimed) == len(set(claimed)) == 20

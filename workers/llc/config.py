@@ -1,0 +1,73 @@
+"""The sampler's hyperparameters, validated once so a bad value fails before any work."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+BASELINES = ("paired", "full")
+
+
+@dataclass(frozen=True)
+class SGLDConfig:
+    """Hyperparameters of one LLC estimate (see workers/llc/__init__.py for the method).
+
+    baseline: "paired" subtracts L_m(w*) on the same minibatch at every draw (lowest
+    variance); "full" subtracts L_n(w*) over the whole dataset; an int K subtracts the mean
+    of L_m(w*) over K seeded minibatches.
+    sample_params: fnmatch patterns of parameter names to sample; the rest stay at w*.
+    vectorize: None picks the vmapped all-chains path when it fits and traces, else runs
+    chains one after another; True/False force a path.
+    divergence_ratio: a chain diverges when its loss is non-finite or exceeds
+    L_m(w*) + divergence_ratio * (|L_m(w*)| + 1).
+    mala: also estimate the Metropolis (MALA) acceptance rate of the SGLD proposals
+    (one extra forward+backward per draw).
+    """
+
+    epsilon: float = 1e-4
+    gamma: float = 100.0
+    nbeta: float | None = None
+    num_chains: int = 4
+    num_draws: int = 200
+    num_burnin: int = 100
+    steps_between_draws: int = 1
+    batch_size: int = 256
+    seed: int = 0
+    baseline: str | int = "paired"
+    sample_params: tuple[str, ...] | None = None
+    vectorize: bool | None = None
+    bf16_autocast: bool = False
+    divergence_ratio: float = 100.0
+    mala: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sample_params, str):
+            object.__setattr__(self, "sample_params", (self.sample_params,))
+        elif self.sample_params is not None:
+            object.__setattr__(self, "sample_params", tuple(self.sample_params))
+        _positive_float("epsilon", self.epsilon, "the SGLD step size must be > 0, e.g. 1e-4")
+        if not (math.isfinite(self.gamma) and self.gamma >= 0):
+            raise ValueError(f"SGLDConfig.gamma={self.gamma!r} is invalid: the localization strength must be a finite number >= 0.")
+        if self.nbeta is not None:
+            _positive_float("nbeta", self.nbeta, "use a positive inverse temperature or None for n/log n")
+        for name, low in (("num_chains", 1), ("num_draws", 1), ("num_burnin", 0),
+                          ("steps_between_draws", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"SGLDConfig.{name}={value!r} is invalid: it must be an integer >= {low}.")
+        if isinstance(self.baseline, bool) or not (
+            self.baseline in BASELINES or (isinstance(self.baseline, int) and self.baseline >= 1)
+        ):
+            raise ValueError(
+                f"SGLDConfig.baseline={self.baseline!r} is invalid: use 'paired', 'full' or a positive int K (batches)."
+            )
+        _positive_float("divergence_ratio", self.divergence_ratio, "use e.g. 100")
+
+    @property
+    def num_steps(self) -> int:
+        """SGLD steps per chain: burn-in, then one draw every steps_between_draws."""
+        return self.num_burnin + (self.num_draws - 1) * self.steps_between_draws + 1
+
+
+def _positive_float(name: str, value: float, fix: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"SGLDConfig.{name}={value!r} is invalid: {fix}.")

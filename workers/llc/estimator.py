@@ -1,0 +1,255 @@
+"""estimate_llc: validate inputs, pick the chain path, run SGLD, summarize.
+
+lambda_hat_chain = nbeta * mean over draws of (L_m(w_t) - baseline_t). Diverged chains are
+never averaged in: llc_mean is over non-diverged chains (NaN when all diverged), their
+per-chain value is NaN, and `diverged` / diagnostics["num_diverged"] say so.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from .chains import ChainRecords, run_group
+from .config import SGLDConfig
+from .data import BatchSource, IndexStream, chain_generator
+from .diagnostics import ess, split_r_hat
+from .result import LLCResult
+from .steppers import LossFn, LossModule, ParamLayout, SequentialStepper, VectorizedStepper, autocast_ctx
+
+# Fraction of free memory the stacked chain state may take before chains run one by one.
+_VMAP_MEMORY_FRACTION = 0.25
+# Floats of (chains, D) state per chain in the vectorized path: flat, grad, noise, drift, offset, temps.
+_STATE_COPIES = 8
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _select_params(model: nn.Module, patterns: tuple[str, ...] | None) -> list[tuple[str, torch.Tensor]]:
+    named = list(model.named_parameters())
+    for name, p in named:
+        if p.is_floating_point() and not torch.isfinite(p.detach()).all():
+            raise ValueError(f"Model parameter {name!r} contains NaN or inf values; load a valid checkpoint (w*) before estimating the LLC.")
+    if patterns is None:
+        chosen = [(n, p) for n, p in named if p.is_floating_point()]
+    else:
+        chosen = [(n, p) for n, p in named if p.is_floating_point() and any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
+    if not chosen:
+        what = "the model has no floating-point parameters" if patterns is None else \
+            f"sample_params={list(patterns)} matches no parameter (names look like {[n for n, _ in named[:3]]})"
+        raise ValueError(f"Nothing to sample: {what}.")
+    return chosen
+
+
+def _master_dtype(dtypes: list[torch.dtype]) -> torch.dtype:
+    if any(d == torch.float64 for d in dtypes):
+        return torch.float64
+    return torch.float32
+
+
+def _free_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 34
+
+
+def _check_loss(value: Any, where: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or value.ndim != 0 or not value.is_floating_point():
+        got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"loss_fn(model, batch) must return a scalar floating-point tensor (the mean loss over the batch), but it returned {got} {where}.")
+    if not torch.isfinite(value):
+        raise ValueError(f"loss_fn returned a non-finite loss ({value.item()}) at w* {where}; check the checkpoint weights and the dataset.")
+    return value
+
+
+def _dataset_len(dataset: Dataset) -> int:
+    try:
+        n = len(dataset)  # type: ignore[arg-type]
+    except TypeError as exc:
+        raise ValueError("The dataset must be a map-style torch Dataset with __len__ and __getitem__; iterable datasets are not supported.") from exc
+    if n == 0:
+        raise ValueError("The dataset is empty: LLC estimation needs at least batch_size items.")
+    return n
+
+
+def estimate_llc(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, config: SGLDConfig | None = None,
+                 device: str | torch.device = "cpu",
+                 progress: Callable[[int, int], None] | None = None) -> LLCResult:
+    """Estimate the local learning coefficient of `model` at its current weights w*.
+
+    loss_fn(model, batch) -> mean loss (scalar tensor), batch = default collate of items.
+    The model is left unchanged (it is run in eval mode and its mode restored).
+    progress(done_chain_steps, total_chain_steps) is called after every step.
+    """
+    cfg = config or SGLDConfig()
+    dev = _resolve_device(device)
+    n = _dataset_len(dataset)
+    if cfg.batch_size > n:
+        raise ValueError(f"batch_size={cfg.batch_size} is larger than the dataset ({n} items); lower batch_size or use more data.")
+    chosen = _select_params(model, cfg.sample_params)
+    nbeta = float(cfg.nbeta) if cfg.nbeta is not None else (n / math.log(n) if n > 1 else 1.0)
+
+    was_training = model.training
+    model.eval()
+    try:
+        return _estimate(model, loss_fn, dataset, cfg=cfg, dev=dev, n=n, chosen=chosen, nbeta=nbeta, progress=progress)
+    finally:
+        model.train(was_training)
+
+
+def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDConfig, dev: torch.device, n: int,
+              chosen: list[tuple[str, torch.Tensor]], nbeta: float,
+              progress: Callable[[int, int], None] | None) -> LLCResult:
+    started = time.perf_counter()
+    module = LossModule(model, loss_fn)
+    star: dict[str, torch.Tensor] = {f"model.{k}": v.detach().to(dev) for k, v in model.named_parameters()}
+    star.update({f"model.{k}": v.detach().to(dev) for k, v in model.named_buffers()})
+    sampled = {f"model.{k}" for k, _ in chosen}
+    frozen = {k: v for k, v in star.items() if k not in sampled}
+    dtypes = [p.dtype for _, p in chosen]
+    master = _master_dtype(dtypes)
+    layout = ParamLayout(names=tuple(f"model.{k}" for k, _ in chosen), shapes=tuple(p.shape for _, p in chosen),
+                         sizes=tuple(p.numel() for _, p in chosen), dtypes=tuple(dtypes), dtype=master)
+    flat0 = torch.cat([star[k].reshape(-1).to(master) for k in layout.names])
+
+    total_steps = cfg.num_steps
+    source = BatchSource(dataset, n, dev, expected_items=cfg.num_chains * total_steps * cfg.batch_size)
+    probe = source.gather(torch.arange(cfg.batch_size))
+    native = all(t is not None and v.data_ptr() == t.data_ptr() for k, v in star.items()
+                 for t in [dict(module.named_parameters(remove_duplicate=False)).get(k, dict(module.named_buffers()).get(k))])
+    common = dict(module=module, layout=layout, frozen=frozen, star=star, device=dev, bf16=cfg.bf16_autocast,
+                  star_is_native=native)
+    seq = SequentialStepper(**common)
+    with torch.no_grad():
+        probe_loss = _check_loss(seq._call(layout.split(flat0), probe), "on the first batch").float()
+
+    stepper, fallback_reason = _choose_stepper(cfg, common, seq, source, flat0, probe_loss, dev)
+    baseline_const = _constant_baseline(cfg, seq, source, n, flat0.device)
+
+    total = cfg.num_chains * total_steps
+    done = 0
+
+    def tick(k: int) -> None:
+        nonlocal done
+        done += k
+        if progress is not None:
+            progress(done, total)
+
+    records = ChainRecords(cfg.num_chains, cfg.num_draws)
+    streams = [IndexStream(n, cfg.batch_size, chain_generator(cfg.seed, c, 0)) for c in range(cfg.num_chains)]
+    noise = [chain_generator(cfg.seed, c, 1, dev) for c in range(cfg.num_chains)]
+    paired = cfg.baseline == "paired"
+    t0 = time.perf_counter()
+    groups = [list(range(cfg.num_chains))] if stepper.path == "vectorized" else [[c] for c in range(cfg.num_chains)]
+    for g in groups:
+        run_group(stepper=stepper, source=source, chains=g, streams=[streams[c] for c in g],
+                  noise_gens=[noise[c] for c in g], flat0=flat0, cfg=cfg, nbeta=nbeta, paired=paired,
+                  records=records, progress=tick)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    sampling_s = time.perf_counter() - t0
+    if progress is not None and done < total:
+        progress(total, total)
+    return _summarize(records, cfg=cfg, nbeta=nbeta, n=n, baseline_const=baseline_const, path=stepper.path,
+                      fallback_reason=fallback_reason, sampling_s=sampling_s,
+                      wall_s=time.perf_counter() - started, num_sampled=layout.numel, device=str(dev))
+
+
+def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStepper, source: BatchSource,
+                    flat0: torch.Tensor, probe_loss: torch.Tensor, dev: torch.device) -> tuple[Any, str | None]:
+    if cfg.vectorize is False or cfg.num_chains == 1:
+        return seq, None
+    need = cfg.num_chains * flat0.numel() * flat0.element_size() * _STATE_COPIES
+    if cfg.vectorize is None and need > _VMAP_MEMORY_FRACTION * _free_memory(dev):
+        return seq, f"stacked state of {cfg.num_chains} chains (~{need / 2**30:.1f} GiB) exceeds the memory budget"
+    vec = VectorizedStepper(**common)
+    try:
+        # Trace once on a probe batch (the same batch for every chain): vmap must work and
+        # agree with the plain forward, else chains run one by one.
+        probe = source.gather(torch.arange(cfg.batch_size).expand(cfg.num_chains, -1))
+        loss, grad, base = vec.loss_and_grad(flat0.unsqueeze(0).repeat(cfg.num_chains, 1), probe,
+                                             baseline=cfg.baseline == "paired")
+        tol = 2e-2 if cfg.bf16_autocast else 1e-4
+        if not torch.allclose(loss, probe_loss.expand_as(loss), rtol=tol, atol=tol):
+            raise RuntimeError(f"vmapped loss {loss.tolist()} disagrees with the plain loss {probe_loss.item()}")
+        if base is not None and not torch.allclose(base, probe_loss.expand_as(base), rtol=tol, atol=tol):
+            raise RuntimeError(f"vmapped baseline {base.tolist()} disagrees with the plain loss {probe_loss.item()}")
+        del loss, grad, base
+    except Exception as exc:  # noqa: BLE001 - any failure to trace means "use the sequential path"
+        if cfg.vectorize:
+            raise
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        return seq, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    return vec, None
+
+
+def _constant_baseline(cfg: SGLDConfig, seq: SequentialStepper, source: BatchSource, n: int,
+                       device: torch.device) -> float | None:
+    """L_n(w*) over the whole dataset ("full") or the mean of K seeded minibatches (int K)."""
+    if cfg.baseline == "paired":
+        return None
+    with torch.no_grad():
+        if cfg.baseline == "full":
+            total, count = 0.0, 0
+            for start in range(0, n, cfg.batch_size):
+                stop = min(n, start + cfg.batch_size)
+                total += float(seq.loss_at_star(source.range(start, stop))) * (stop - start)
+                count += stop - start
+            return total / count
+        stream = IndexStream(n, cfg.batch_size, chain_generator(cfg.seed, cfg.num_chains, 2))
+        k = int(cfg.baseline)
+        return sum(float(seq.loss_at_star(source.gather(stream.next()))) for _ in range(k)) / k
+
+
+def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, baseline_const: float | None,
+               path: str, fallback_reason: str | None, sampling_s: float, wall_s: float, num_sampled: int,
+               device: str) -> LLCResult:
+    base = rec.baseline if baseline_const is None else np.full_like(rec.loss, baseline_const)
+    ok = ~rec.diverged
+    per_chain = np.full(cfg.num_chains, np.nan)
+    if ok.any():
+        per_chain[ok] = nbeta * (rec.loss[ok] - base[ok]).mean(axis=1)
+    valid = per_chain[ok]
+    llc_mean = float(valid.mean()) if valid.size else float("nan")
+    llc_std = float(valid.std(ddof=1)) if valid.size >= 2 else float("nan")
+    good_loss = rec.loss[ok]
+    good_base = base[ok]
+    mala = [a for c in np.flatnonzero(ok) for a in rec.mala_accept[c]]
+    diagnostics: dict[str, Any] = {
+        "r_hat": split_r_hat(good_loss) if good_loss.shape[0] >= 1 else float("nan"),
+        "ess": ess(good_loss) if good_loss.shape[0] >= 1 else float("nan"),
+        "diverged": bool(rec.diverged.any()),
+        "num_diverged": int(rec.diverged.sum()),
+        "frac_draws_below_init": float((good_loss < good_base).mean()) if good_loss.size else float("nan"),
+        "mala_acceptance": float(np.mean(mala)) if mala else None,
+        "steps_per_second": rec.chain_steps / sampling_s if sampling_s > 0 else float("nan"),
+        "sampling_time_s": sampling_s,
+        "wall_time_s": wall_s,
+        "vectorized": path == "vectorized",
+        "num_sampled_params": int(num_sampled),
+    }
+    baseline_loss = float(np.nanmean(good_base)) if baseline_const is None and good_base.size else (
+        baseline_const if baseline_const is not None else float("nan"))
+    return LLCResult(
+        llc_mean=llc_mean, llc_std=llc_std, llc_per_chain=per_chain.tolist(),
+        init_loss=float(np.nanmean(rec.init_loss)), baseline_loss=float(baseline_loss), nbeta=nbeta, n=n,
+        loss_trace=rec.loss, baseline_trace=base, diverged=bool(rec.diverged.any()),
+        chain_diverged=rec.diverged.tolist(), diagnostics=diagnostics, path=path,
+        fallback_reason=fallback_reason, device=device,
+    )

@@ -381,20 +381,20 @@ def cancel_sweep(session: Session, *, sweep_id: int) -> list[int]:
 
 # --- claiming and leases -----------------------------------------------------------------
 
-def claim_jobs(session: Session, *, owner: str, limit: int, lease_seconds: float) -> list[Job]:
-    """Atomically claim up to `limit` pending jobs for `owner` (oldest first): status running,
-    attempts + 1, lease until now + lease_seconds. Two claimers never get the same job."""
+def claim_jobs(session: Session, *, owner: str, limit: int, lease_seconds: float, sweep_id: int | None = None) -> list[Job]:
+    """Atomically claim up to `limit` pending jobs for `owner` (oldest first; only `sweep_id`'s
+    when given): status running, attempts + 1, lease until now + lease_seconds.
+    Two claimers never get the same job."""
     if limit <= 0:
         return []
     if not owner:
         raise ValueError("claim_jobs needs a non-empty owner (e.g. 'scheduler@host:pid').")
     until = _lease_until(lease_seconds)
     now = utcnow()
-    candidates = list(
-        session.scalars(
-            select(Job.id).where(Job.status == JobStatus.PENDING).order_by(Job.id).limit(limit).with_for_update(skip_locked=True)
-        ).all()
-    )
+    query = select(Job.id).where(Job.status == JobStatus.PENDING)
+    if sweep_id is not None:
+        query = query.where(Job.id.in_(select(SweepJob.job_id).where(SweepJob.sweep_id == sweep_id)))
+    candidates = list(session.scalars(query.order_by(Job.id).limit(limit).with_for_update(skip_locked=True)).all())
     claimed: list[int] = []
     for job_id in candidates:
         # Conditional per row: whatever the isolation, a row another claimer took is skipped.
@@ -515,6 +515,26 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+PAYLOAD_MAX_ARRAY = 256
+
+
+def _count_leaves(value: Any) -> int:
+    if isinstance(value, list):
+        return sum(_count_leaves(v) for v in value)
+    return 1
+
+
+def _compact_payload(result: dict[str, Any]) -> dict[str, Any]:
+    """The result dict as JSON, with long arrays (per-draw traces) left out: MLflow keeps those."""
+    out: dict[str, Any] = {}
+    for key, value in result.items():
+        safe = _json_safe(value)
+        if isinstance(safe, list) and _count_leaves(safe) > PAYLOAD_MAX_ARRAY:
+            safe = {"omitted": f"{_count_leaves(safe)} values (traces are logged to MLflow)"}
+        out[str(key)] = safe
+    return out
+
+
 def _float_or_none(value: Any) -> float | None:
     if value is None:
         return None
@@ -548,8 +568,10 @@ def record_result(
     `owner` given: only while that owner holds the job. Refused (JobStateError, nothing
     written) for unknown, finished or cancelled jobs. Known keys of `result` fill columns
     (llc_mean, llc_std, llc_per_chain, baseline_loss, init_loss, nbeta, n, num_draws/draws,
-    num_chains/chains, diagnostics, wall_time_s, device, worker_host/host); the whole dict is
-    kept in Result.payload, non-finite numbers stored as null.
+    num_chains/chains, diagnostics, wall_time_s, device, worker_host/host; wall time, chains and
+    draws fall back to diagnostics["wall_time_s"], len(llc_per_chain) and loss_trace's shape).
+    The dict is kept in Result.payload (arrays over 256 values left out), non-finite numbers
+    stored as null.
     """
     job = _lock_job_for_write(session, job_id=job_id, owner=owner, action="record a result")
     values: dict[str, Any] = {}
@@ -569,8 +591,16 @@ def record_result(
             values[column] = _json_safe(values[column])
     if values.get("device") is not None:
         values["device"] = str(values["device"])
+    diagnostics = values.get("diagnostics")
+    if values.get("wall_time_s") is None and isinstance(diagnostics, dict):
+        values["wall_time_s"] = _float_or_none(diagnostics.get("wall_time_s"))
+    if values.get("num_chains") is None and isinstance(values.get("llc_per_chain"), list):
+        values["num_chains"] = len(values["llc_per_chain"])
+    trace = _json_safe(result.get("loss_trace"))
+    if values.get("num_draws") is None and isinstance(trace, list) and trace and isinstance(trace[0], list):
+        values["num_draws"] = len(trace[0])
     now = utcnow()
-    row = Result(job_id=job.id, diverged=bool(diverged), payload=_json_safe(dict(result)), created_at=now, **values)
+    row = Result(job_id=job.id, diverged=bool(diverged), payload=_compact_payload(result), created_at=now, **values)
     session.add(row)
     job.status = JobStatus.DIVERGED if diverged else JobStatus.SUCCEEDED
     job.lease_owner = None

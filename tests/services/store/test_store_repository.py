@@ -297,3 +297,30 @@ def test_concurrent_claimer_processes_never_get_the_same_job(store_url: str) -> 
         assert p.exitcode == 0
     claimed = [i for ids in results for i in ids]
     assert len(claimed) == len(set(claimed)) == 20
+
+
+def test_claim_within_one_sweep(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        _sweep(s, "first", n_steps=2, seeds=(0,))
+        second, _, _ = _sweep(s, "second", n_steps=1, seeds=(0,), run="s3://b/run2")
+        got = repo.claim_jobs(s, owner="w", limit=10, lease_seconds=60, sweep_id=second.id)
+        assert [j.checkpoint.uri for j in got] == ["s3://b/run2/step-0"]
+        assert repo.get_sweep(s, sweep_id=second.id).status == "running"
+        assert repo.claim_jobs(s, owner="w", limit=10, lease_seconds=60, sweep_id=second.id) == []
+
+
+def test_estimator_output_fills_columns_and_traces_stay_out_of_the_payload(store_url: str) -> None:
+    import numpy as np
+
+    with session_scope(store_url) as s:
+        _sweep(s, n_steps=1, seeds=(0,))
+        (job,) = repo.claim_jobs(s, owner="w", limit=1, lease_seconds=60)
+        out = {"llc_mean": np.float32(7.5), "llc_std": 0.25, "llc_per_chain": np.array([7.25, 7.75, 7.5]),
+               "init_loss": 1.5, "baseline_loss": 1.25, "nbeta": 20.0, "n": 512, "diverged": False,
+               "loss_trace": np.ones((3, 400)), "chain_diverged": [False, False, False],
+               "diagnostics": {"wall_time_s": 9.0, "r_hat": np.float64(1.02), "ess": float("nan")}, "device": "cuda:0"}
+        res = repo.record_result(s, job_id=job.id, owner="w", result=out, diverged=False)
+        assert (res.llc_mean, res.llc_per_chain, res.num_chains, res.num_draws, res.wall_time_s) == (7.5, [7.25, 7.75, 7.5], 3, 400, 9.0)
+        assert res.diagnostics == {"wall_time_s": 9.0, "r_hat": 1.02, "ess": None}
+        assert res.payload["loss_trace"] == {"omitted": "1200 values (traces are logged to MLflow)"}
+        assert res.payload["chain_diverged"] == [False, False, False] and res.payload["n"] == 512

@@ -14,6 +14,12 @@ from services.store.models import Base, UTCDateTime
 config = context.config
 target_metadata = Base.metadata
 
+if config.config_file_name and "connection" not in config.attributes and "url" not in config.attributes:
+    # Run from the `alembic` command line: use alembic.ini's logging (programmatic callers keep theirs).
+    from logging.config import fileConfig
+
+    fileConfig(config.config_file_name, disable_existing_loggers=False)
+
 
 def _url() -> str:
     return database_url(config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url"))

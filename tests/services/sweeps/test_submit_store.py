@@ -1,0 +1,69 @@
+"""`llc submit` against real Postgres and moto S3: jobs written once, refusals write nothing."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from services.cli import main as llc_main
+from services.store.db import session_scope, upgrade
+from services.store.models import Job, Sweep
+from services.sweeps.config import load_config
+from services.sweeps.submit import SubmitError, submit_sweep
+from tests.services.sweeps.tiny_runs import tiny_overrides, tiny_run
+
+
+@pytest.fixture(scope="module")
+def storage(s3_endpoint: str) -> str:
+    return tiny_run(s3_endpoint)[0]
+
+
+@pytest.fixture()
+def db(fresh_pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    upgrade(fresh_pg_url)
+    monkeypatch.setenv("LLC_DATABASE_URL", fresh_pg_url)
+    yield fresh_pg_url
+
+
+def _rows(url: str) -> tuple[int, int]:
+    with session_scope(url) as s:
+        return int(s.scalar(select(func.count()).select_from(Sweep))), int(s.scalar(select(func.count()).select_from(Job)))
+
+
+def test_submit_writes_jobs_and_resubmit_reuses_them(storage: str, db: str) -> None:
+    cfg = load_config(tiny_overrides(storage))
+    first = submit_sweep(cfg, submitted_by="tester")
+    assert (first.checkpoints, first.jobs, first.new, first.already_done) == (3, 6, 6, 0)
+    with session_scope(db) as s:
+        jobs = s.scalars(select(Job).order_by(Job.id)).all()
+        specs = [j.spec for j in jobs]
+        sweep = s.get(Sweep, first.sweep_id)
+        assert sweep is not None and sweep.config["sampler"]["epsilon"] == [1e-4, 3e-4]
+    steps = sorted({sp["step"] for sp in specs})
+    assert len(steps) == 3 and steps[0] == 0 and steps[-1] == 6
+    assert {(sp["step"], sp["sampler"]["epsilon"]) for sp in specs} == {(st, e) for st in steps for e in (1e-4, 3e-4)}
+    assert all(sp["checkpoint_uri"].startswith(f"{storage}/demo-run/step") for sp in specs)
+    assert all(sp["dataset"] == {"uri": f"{storage}/demo-run/dataset", "max_sequences": 32} for sp in specs)
+    assert all(sp["num_threads"] == 1 for sp in specs)
+    second = submit_sweep(cfg, submitted_by="tester")
+    assert (second.new, second.already_queued) == (0, 6)
+    assert _rows(db) == (2, 6)
+
+
+def test_invalid_override_writes_nothing(storage: str, db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = llc_main(["submit", *tiny_overrides(storage, extra=("sampler.epsilonn=[1e-3]",))])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "did you mean `sampler.epsilon`" in err and err.count("\n") == 1
+    assert _rows(db) == (0, 0)
+
+
+def test_no_matching_checkpoint_writes_nothing(storage: str, db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = llc_main(["submit", *tiny_overrides(storage, extra=("sweep.checkpoints.start=1000",))])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"No checkpoint under {storage}/demo-run matches the selection (steps 1000..last)" in err
+    with pytest.raises(SubmitError, match=f"under {storage}/no-such-run"):
+        submit_sweep(load_config(tiny_overrides(storage, run="no-such-run")))
+    assert _rows(db) == (0, 0)

@@ -13,8 +13,10 @@ import sys
 from collections.abc import Sequence
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "services.cli.aggregate",
     "services.cli.db",
     "services.cli.sweeps",
+    "services.cli.train_demo",
 )
 
 

@@ -1,0 +1,170 @@
+"""λ̂ over training per hyperparameter setting, from a sweep's result rows.
+
+A setting is a job's hyperparameters (everything but the seed); its curve has one point per
+checkpoint pooling every chain of every seed, so the band shows the spread across chains
+and seeds. Diverged and failed jobs are left out of the curves and counted.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from services.store.jobkey import setting_key
+
+# Short names for labels, in display order.
+LABEL_NAMES: tuple[tuple[str, str], ...] = (
+    ("epsilon", "eps"), ("gamma", "gamma"), ("nbeta", "nbeta"), ("num_chains", "chains"),
+    ("num_draws", "draws"), ("num_burnin", "burnin"), ("batch_size", "batch"),
+    ("steps_between_draws", "thin"), ("baseline", "baseline"), ("sample_params", "params"),
+)
+
+
+class ResultLike(Protocol):
+    """What the aggregator reads of services.store.repository.ResultRow."""
+
+    job_id: int
+    step: int
+    checkpoint_uri: str
+    hyperparameters: dict[str, Any]
+    seed: int
+    status: str
+    llc_mean: float | None
+    llc_std: float | None
+    llc_per_chain: list[Any] | None
+    init_loss: float | None
+    diagnostics: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class CheckpointPoint:
+    """One checkpoint of one setting: λ̂ pooled over chains and seeds, with its uncertainty."""
+
+    step: int
+    checkpoint_uri: str
+    llc_mean: float
+    llc_std: float            # spread of the per-chain estimates across chains and seeds
+    llc_sem: float            # llc_std / sqrt(estimates): the uncertainty of llc_mean
+    n_estimates: int          # chains × seeds pooled
+    n_jobs: int               # seeds
+    init_loss: float | None   # L_n(w*) at the checkpoint, mean over jobs
+    r_hat_max: float | None   # worst R-hat over the seeds' jobs (None if any job lacks one)
+
+
+@dataclass(frozen=True)
+class SettingCurve:
+    key: str                              # services.store.jobkey.setting_key of the hyperparameters
+    label: str                            # e.g. "eps=0.0003 gamma=100"
+    hyperparameters: dict[str, Any]
+    points: tuple[CheckpointPoint, ...]   # sorted by step
+    counts: dict[str, int]                # job status -> count, for this setting
+    diverged_steps: tuple[int, ...] = field(default=())  # checkpoints where a job diverged
+
+    @property
+    def metric_label(self) -> str:
+        """The label as an MLflow metric suffix (no '=' or spaces)."""
+        return self.label.replace("=", "").replace(" ", "_") or "default"
+
+    @property
+    def epsilon(self) -> float:
+        eps = self.hyperparameters.get("epsilon")
+        return float(eps) if isinstance(eps, (int, float)) else 0.0
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """steps, λ̂ mean, λ̂ std, λ̂ sem."""
+        return (np.array([p.step for p in self.points], dtype=float), np.array([p.llc_mean for p in self.points]),
+                np.array([p.llc_std for p in self.points]), np.array([p.llc_sem for p in self.points]))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(v) for v in value)
+    return str(value)
+
+
+def setting_labels(settings: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Labels naming only what differs between the settings (ε always shown)."""
+    keys = {k for s in settings for k in s}
+    varying = [k for k in keys if len({_fmt(s.get(k)) for s in settings}) > 1]
+    known = [name for name, _ in LABEL_NAMES]
+    shown = [k for k in known if k in varying or (k == "epsilon" and k in keys)]
+    shown += sorted(k for k in varying if k not in known)
+    short = dict(LABEL_NAMES)
+    return [" ".join(f"{short.get(k, k)}={_fmt(s.get(k))}" for k in shown) for s in settings]
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def _estimates(row: ResultLike) -> list[float]:
+    """The row's per-chain λ̂ values (its mean alone when the chains were not stored)."""
+    chains = [v for v in (_finite(c) for c in (row.llc_per_chain or [])) if v is not None]
+    if chains:
+        return chains
+    mean = _finite(row.llc_mean)
+    return [mean] if mean is not None else []
+
+
+def _point(step: int, rows: list[ResultLike]) -> CheckpointPoint | None:
+    values = [v for r in rows for v in _estimates(r)]
+    if not values:
+        return None
+    arr = np.asarray(values)
+    std = float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
+    if arr.size == 1 or not math.isfinite(std):
+        std = _finite(rows[0].llc_std) or float("nan")  # one chain: the job's own spread estimate
+    losses = [v for v in (_finite(r.init_loss) for r in rows) if v is not None]
+    rhats = [_finite((r.diagnostics or {}).get("r_hat")) for r in rows]
+    return CheckpointPoint(
+        step=step, checkpoint_uri=rows[0].checkpoint_uri, llc_mean=float(arr.mean()), llc_std=std,
+        llc_sem=std / math.sqrt(arr.size) if math.isfinite(std) else float("nan"),
+        n_estimates=int(arr.size), n_jobs=len(rows), init_loss=float(np.mean(losses)) if losses else None,
+        r_hat_max=None if any(r is None for r in rhats) else float(max(rhats)),  # type: ignore[type-var]
+    )
+
+
+def build_curves(rows: Iterable[ResultLike]) -> tuple[list[SettingCurve], Counter[str]]:
+    """Curves per setting (sorted by ε, then label) and the sweep's job counts by status."""
+    groups: dict[str, list[ResultLike]] = defaultdict(list)
+    hyper: dict[str, dict[str, Any]] = {}
+    totals: Counter[str] = Counter()
+    for row in rows:
+        key = setting_key(row.hyperparameters)
+        groups[key].append(row)
+        hyper[key] = dict(row.hyperparameters)
+        totals[row.status] += 1
+    keys = list(groups)
+    labels = dict(zip(keys, setting_labels([hyper[k] for k in keys])))
+    curves = []
+    for key in keys:
+        by_step: dict[int, list[ResultLike]] = defaultdict(list)
+        counts: Counter[str] = Counter()
+        diverged: set[int] = set()
+        for row in groups[key]:
+            counts[row.status] += 1
+            if row.status == "diverged":
+                diverged.add(int(row.step))
+            if row.status == "succeeded":
+                by_step[int(row.step)].append(row)
+        points = [p for step in sorted(by_step) if (p := _point(step, by_step[step])) is not None]
+        curves.append(SettingCurve(key=key, label=labels[key], hyperparameters=hyper[key], points=tuple(points),
+                                   counts=dict(counts), diverged_steps=tuple(sorted(diverged))))
+    curves.sort(key=lambda c: (c.epsilon, c.label))
+    return curves, totals

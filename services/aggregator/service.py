@@ -1,0 +1,220 @@
+"""`aggregate_sweep`: a sweep's results → λ̂ curves, stages (stored), stability, plots, MLflow.
+
+Runs on demand (`llc aggregate SWEEP`) and when a sweep's last job finishes (the scheduler
+calls it). Stages are replaced per sweep, plots and tables are rewritten, and the MLflow
+aggregate run is replaced, so aggregating again never duplicates anything.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.aggregator.curves import SettingCurve, build_curves
+from services.aggregator.plots import LossSeries, plot_overview, plot_setting
+from services.aggregator.report import AggregateReport, SettingStage
+from services.aggregator.stability import assess, recommend
+from services.aggregator.stages import KIND_A, KIND_B, StageDetection, detect_stages
+from services.core.settings import llc_home
+from services.tracking import Tracker, TrackingUnavailable
+
+METADATA_FILE = "metadata.json"
+# Which metadata loss types the stages, best first (held-out loss beats one training batch).
+LOSS_PREFERENCE: tuple[str, ...] = ("loss", "train_loss", "training_loss")
+
+
+def default_out_dir(sweep_id: int) -> Path:
+    return llc_home() / "aggregates" / f"sweep-{sweep_id}"
+
+
+def read_checkpoint_metadata(checkpoint_uri: str) -> dict[str, float] | None:
+    """Numeric fields of the checkpoint's metadata.json (None when it has none)."""
+    from workers.objectstore import ObjectStoreError, open_store
+
+    try:
+        raw = open_store(checkpoint_uri).get_bytes(METADATA_FILE)
+    except ObjectStoreError as exc:
+        if str(exc).startswith("There is no object"):  # metadata is optional
+            return None
+        raise
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{checkpoint_uri}/{METADATA_FILE} is not valid JSON; rewrite or delete it.") from exc
+    if not isinstance(doc, dict):
+        return None
+    return {k: float(v) for k, v in doc.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+def _metadata_by_step(rows: Sequence[Any], notes: list[str]) -> dict[int, dict[str, float]]:
+    """metadata.json per checkpoint step; the first unreadable store stops the reading (a
+    dead endpoint would otherwise cost its retries once per checkpoint)."""
+    seen: dict[str, dict[str, float] | None] = {}
+    out: dict[int, dict[str, float]] = {}
+    for row in rows:
+        uri = row.checkpoint_uri
+        if uri not in seen:
+            try:
+                seen[uri] = read_checkpoint_metadata(uri)
+            except Exception as exc:
+                notes.append(f"checkpoint metadata not read ({' '.join(str(exc).split())[:200]}); "
+                             "stages are typed by the results' init_loss")
+                return {}
+        if seen[uri]:
+            out[int(row.step)] = seen[uri]  # type: ignore[assignment]
+    return out
+
+
+def _loss_series(curves: Sequence[SettingCurve], metadata: dict[int, dict[str, float]]) -> dict[str, tuple[list[float], list[float]]]:
+    """Every loss known per checkpoint: init_loss from the results, metadata.json fields."""
+    init: dict[int, list[float]] = defaultdict(list)
+    for c in curves:
+        for p in c.points:
+            if p.init_loss is not None:
+                init[p.step].append(p.init_loss)
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    if init:
+        steps = sorted(init)
+        series["init_loss"] = ([float(s) for s in steps], [float(np.mean(init[s])) for s in steps])
+    names = sorted({k for m in metadata.values() for k in m if "loss" in k})
+    for name in names:
+        steps = sorted(s for s, m in metadata.items() if name in m)
+        series[name] = ([float(s) for s in steps], [metadata[s][name] for s in steps])
+    return series
+
+
+def _pick_loss(series: dict[str, tuple[list[float], list[float]]]) -> str | None:
+    for name in (*LOSS_PREFERENCE, "init_loss"):
+        if name in series and len(series[name][0]) >= 2:
+            return name
+    return None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "setting"
+
+
+def aggregate_sweep(*, sweep_id: int, database_url: str | None = None, tracker: Tracker | None = None,
+                    out_dir: Path | None = None, log_to_mlflow: bool = True, z: float = 3.0,
+                    r_hat_threshold: float = 1.1, max_rel_spread: float = 0.5) -> AggregateReport:
+    """Aggregate one sweep. `tracker` None → a Tracker on the configured tracking URI; an
+    unreachable tracking server does not lose the work: stages are stored and files written,
+    and the report's `tracking_error` says what failed. Step 0 is kept (fits use log(step+1))."""
+    from services.store import ensure_schema, session_scope
+    from services.store.repository import StageRow, get_sweep, replace_stages, set_sweep_mlflow_run, sweep_results
+
+    ensure_schema(database_url)
+    with session_scope(database_url) as session:
+        sweep = get_sweep(session, sweep_id=sweep_id)
+        sweep_name, config = sweep.name, dict(sweep.config or {})
+        training_run = sweep.training_run.uri if sweep.training_run is not None else ""
+        parent_run_id = sweep.mlflow_run_id
+        rows = sweep_results(session, sweep_id=sweep_id)
+
+    notes: list[str] = []
+    curves, counts = build_curves(rows)
+    metadata = _metadata_by_step([r for r in rows if r.status == "succeeded"], notes)
+    losses = _loss_series(curves, metadata)
+    loss_name = _pick_loss(losses)
+
+    detections: dict[str, StageDetection] = {}
+    for curve in curves:
+        if len(curve.points) < 2:
+            continue
+        steps, mean, _, sem = curve.arrays()
+        if loss_name == "init_loss":  # this setting's own L_n(w*) per checkpoint
+            lsteps = [p.step for p in curve.points if p.init_loss is not None]
+            lvals = [p.init_loss for p in curve.points if p.init_loss is not None]
+        elif loss_name is not None:
+            lsteps, lvals = losses[loss_name]
+        else:
+            lsteps, lvals = [], []
+        detections[curve.key] = detect_stages(steps, mean, sem, loss_steps=lsteps or None,
+                                              loss=lvals if len(lvals) >= 2 else None, z=z)
+
+    verdicts = assess(curves, r_hat_threshold=r_hat_threshold, max_rel_spread=max_rel_spread)
+    recommended = recommend(verdicts)
+    primary = recommended.key if recommended else None
+    if primary is None and curves:
+        by_quality = sorted(zip(verdicts, curves), key=lambda vc: (-len(vc[1].points), len(vc[0].reasons)))
+        primary = by_quality[0][1].key
+        notes.append("no setting is usable (see the stability table); MLflow `llc` follows the setting with the most estimates")
+
+    stages = [SettingStage(c.key, c.label, c.hyperparameters, s) for c in curves for s in
+              (detections[c.key].stages if c.key in detections else ())]
+    stored = [StageRow(hyperparameters=s.hyperparameters, start_step=s.stage.start_step, end_step=s.stage.end_step,
+                       kind=s.stage.kind, llc_change=s.stage.llc_change, loss_change=s.stage.loss_change,
+                       details={**s.as_dict(), "loss_source": loss_name, "step_axis": "log(step + 1)"})
+              for s in stages if s.stage.kind in (KIND_A, KIND_B)]
+    with session_scope(database_url) as session:
+        replace_stages(session, sweep_id=sweep_id, stages=stored)
+    if len(stored) < len(stages):
+        notes.append(f"{len(stages) - len(stored)} stage(s) of type 'other' are in the plots and stages.csv only "
+                     "(the store keeps types A and B)")
+
+    report = AggregateReport(
+        sweep_id=sweep_id, sweep_name=sweep_name, out_dir=out_dir or default_out_dir(sweep_id), curves=curves,
+        detections=detections, stages=stages, stability=verdicts, recommended=recommended, primary_key=primary,
+        counts=dict(counts), loss_source=loss_name or "none", notes=notes)
+    _write_plots(report, losses, loss_name)
+    report.artifacts = [*report.plots, *report.write_stage_files()]
+
+    if log_to_mlflow:
+        try:
+            tracker = tracker or Tracker()
+            report.parent_run_id = tracker.sweep_run(sweep_id=sweep_id, sweep_name=sweep_name, training_run=training_run,
+                                                     config=config, existing_run_id=parent_run_id)
+            if report.parent_run_id != parent_run_id:
+                with session_scope(database_url) as session:
+                    set_sweep_mlflow_run(session, sweep_id=sweep_id, run_id=report.parent_run_id)
+            report.mlflow_run_id = tracker.log_aggregate(parent_run_id=report.parent_run_id,
+                                                         series=mlflow_series(report, losses),
+                                                         artifacts=report.artifacts)
+        except TrackingUnavailable as exc:
+            report.tracking_error = str(exc)
+    return report
+
+
+def _write_plots(report: AggregateReport, losses: dict[str, tuple[list[float], list[float]]],
+                 loss_name: str | None) -> None:
+    shown: LossSeries = {k: v for k, v in losses.items() if k in {loss_name, "init_loss", "in_context_loss"}}
+    for i, curve in enumerate(report.curves):
+        if not curve.points:
+            continue
+        path = report.out_dir / f"llc-{i + 1:02d}-{_slug(curve.metric_label)}.png"
+        title = f"{report.sweep_name}: λ̂ over training — {curve.label or 'setting'}"
+        report.plots.append(plot_setting(path, curve=curve, detection=report.detections.get(curve.key),
+                                         losses=shown, title=title))
+    if any(c.points for c in report.curves):
+        rec = report.recommended.key if report.recommended else None
+        report.plots.insert(0, plot_overview(
+            report.out_dir / "overview.png", curves=[c for c in report.curves if c.points],
+            detection=report.detections.get(report.primary_key or ""), recommended_key=rec, losses=shown,
+            title=f"{report.sweep_name} (sweep {report.sweep_id}): λ̂ per setting; stages of "
+                  f"{'the recommended' if rec else 'the primary'} setting"))
+
+
+def mlflow_series(report: AggregateReport, losses: dict[str, tuple[list[float], list[float]]]
+                  ) -> dict[str, list[tuple[int, float]]]:
+    """Metric name → (training step, value): `llc/<setting>` per setting, `llc` for the
+    recommended (else primary) setting, its band as `llc_std`, and the losses."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for curve in report.curves:
+        pts = [(p.step, p.llc_mean) for p in curve.points]
+        if not pts:
+            continue
+        series[f"llc/{curve.metric_label}"] = pts
+        series[f"llc_std/{curve.metric_label}"] = [(p.step, p.llc_std) for p in curve.points if p.llc_std == p.llc_std]
+        if curve.key == report.primary_key:
+            series["llc"] = pts
+            series["llc_std"] = series[f"llc_std/{curve.metric_label}"]
+    for name, (steps, values) in losses.items():
+        series[f"loss/{name}"] = [(int(s), float(v)) for s, v in zip(steps, values)]
+    return series

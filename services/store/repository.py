@@ -395,17 +395,16 @@ def claim_jobs(session: Session, *, owner: str, limit: int, lease_seconds: float
     if sweep_id is not None:
         query = query.where(Job.id.in_(select(SweepJob.job_id).where(SweepJob.sweep_id == sweep_id)))
     candidates = list(session.scalars(query.order_by(Job.id).limit(limit).with_for_update(skip_locked=True)).all())
-    claimed: list[int] = []
-    for job_id in candidates:
-        # Conditional per row: whatever the isolation, a row another claimer took is skipped.
-        done = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.PENDING)
-            .values(status=JobStatus.RUNNING, attempts=Job.attempts + 1, lease_owner=owner, lease_expires_at=until,
-                    started_at=now, updated_at=now, error=None)
-        ).rowcount
-        if done == 1:
-            claimed.append(job_id)
+    if not candidates:
+        return []
+    # Conditional on status, whatever the isolation: a row another claimer took is skipped.
+    claimed = sorted(session.scalars(
+        update(Job)
+        .where(Job.id.in_(candidates), Job.status == JobStatus.PENDING)
+        .values(status=JobStatus.RUNNING, attempts=Job.attempts + 1, lease_owner=owner, lease_expires_at=until,
+                started_at=now, updated_at=now, error=None)
+        .returning(Job.id)
+    ).all())
     if not claimed:
         return []
     _refresh_sweeps(session, _sweeps_of_jobs(session, claimed))

@@ -3,9 +3,11 @@
 λ̂ is smoothed against x = log(step + 1) (step 0 is kept: log(0 + 1) = 0) with scipy's
 penalized smoothing spline, weighted by 1/σ² of each checkpoint's estimate and with the
 smoothing chosen by generalized cross-validation. Stage boundaries are the fit's critical
-points: sign changes of dλ̂/dx (peaks and troughs) and plateaus (local minima of |dλ̂/dx|
-near zero). Boundaries whose stages do not move λ̂ by more than `z` noise units are pruned,
-smallest first, so measurement noise alone yields no stages. Each stage is then typed from
+points: sign changes of dλ̂/dx (peaks and troughs), pruned weakest first until every stage
+moves λ̂ by more than `z` noise units and spans at least `min_points` checkpoints (so noise
+alone yields no stages), then plateaus (stretches at least `plateau_width` wide where
+|dλ̂/dx| stays under `plateau_frac` of its maximum) that split a stage into two significant
+ones. Each stage is then typed from
 the signs of its λ̂ and loss changes: A (loss falls while λ̂ rises), B (loss about flat while
 λ̂ falls), or other.
 """
@@ -149,15 +151,28 @@ def sign_changes(fit: SmoothFit) -> list[int]:
     return [i for i in idx if 0 < i < len(dy) - 1]
 
 
-def plateau_points(fit: SmoothFit, lo: int, hi: int, *, plateau_frac: float) -> list[int]:
-    """Grid indices in (lo, hi) where |dλ̂/dx| has a local minimum below `plateau_frac` of its
-    largest value over the whole curve: the flat stretch between two rises (or falls)."""
+def plateau_points(fit: SmoothFit, lo: int, hi: int, *, plateau_frac: float, min_width: float) -> list[int]:
+    """Grid indices in (lo, hi) at the flattest point of each plateau: a stretch at least
+    `min_width` wide on log(step+1) where |dλ̂/dx| stays below `plateau_frac` of its largest
+    value over the curve (a single noisy kink is not a plateau)."""
     mag = np.abs(fit.grid_dy)
     scale = float(mag.max())
-    if scale <= 0:
+    if scale <= 0 or hi - lo < 3:
         return []
-    return [i for i in range(max(lo + 1, 1), min(hi, len(mag) - 1))
-            if mag[i] <= mag[i - 1] and mag[i] < mag[i + 1] and mag[i] < plateau_frac * scale]
+    flat = mag < plateau_frac * scale
+    out = []
+    i = lo + 1
+    while i < hi:
+        if not flat[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < hi and flat[j + 1]:
+            j += 1
+        if fit.grid_x[j] - fit.grid_x[i] >= min_width:
+            out.append(i + int(np.argmin(mag[i:j + 1])))
+        i = j + 1
+    return out
 
 
 class _Significance:
@@ -210,19 +225,19 @@ def _prune(bounds: list[float], sig: _Significance) -> list[float]:
     return bounds
 
 
-def _split_plateaus(bounds: list[float], sig: _Significance, *, plateau_frac: float) -> list[float]:
+def _split_plateaus(bounds: list[float], sig: _Significance, *, plateau_frac: float, min_width: float) -> list[float]:
     """Split a stage at its flattest plateau when both halves are significant on their own
     (two rises separated by a plateau are two stages, not one)."""
     grid = sig.fit.grid_x
     out = [bounds[0]]
     for a, b in zip(bounds[:-1], bounds[1:]):
         lo, hi = int(np.searchsorted(grid, a)), int(np.searchsorted(grid, b))
-        cands = sorted(plateau_points(sig.fit, lo, hi, plateau_frac=plateau_frac),
+        cands = sorted(plateau_points(sig.fit, lo, hi, plateau_frac=plateau_frac, min_width=min_width),
                        key=lambda i: abs(sig.fit.grid_dy[i]))
         for i in cands:
             c = float(grid[i])
             if sig.ok(a, c) and sig.ok(c, b):
-                out.extend(_split_plateaus([a, c, b], sig, plateau_frac=plateau_frac)[1:-1])
+                out.extend(_split_plateaus([a, c, b], sig, plateau_frac=plateau_frac, min_width=min_width)[1:-1])
                 break
         out.append(b)
     return sorted(set(out))
@@ -243,7 +258,7 @@ def classify(llc_change: float, loss_change: float | None, loss_scale: float, *,
 
 def detect_stages(steps: Sequence[int] | ArrayLike, llc: ArrayLike, llc_sigma: ArrayLike | None = None, *,
                   loss_steps: Sequence[int] | ArrayLike | None = None, loss: ArrayLike | None = None,
-                  z: float = 3.0, min_points: int = 3, plateau_frac: float = 0.05,
+                  z: float = 3.0, min_points: int = 3, plateau_frac: float = 0.15, plateau_width: float = 0.5,
                   loss_flat_tol: float = 0.1, grid_size: int = 512) -> StageDetection:
     """Stages of one λ̂ curve (one hyperparameter setting); `loss` (at `loss_steps`, default
     the λ̂ steps) types them. `z` is how many noise units a stage's λ̂ change must exceed;
@@ -275,7 +290,7 @@ def detect_stages(steps: Sequence[int] | ArrayLike, llc: ArrayLike, llc_sigma: A
     sig = _Significance(fit, to_x(steps_arr[np.isfinite(steps_arr)]), threshold, min_points)
     candidates = [float(fit.grid_x[i]) for i in sign_changes(fit)]
     bounds = _prune([float(fit.grid_x[0]), *candidates, float(fit.grid_x[-1])], sig)
-    bounds = _split_plateaus(bounds, sig, plateau_frac=plateau_frac)
+    bounds = _split_plateaus(bounds, sig, plateau_frac=plateau_frac, min_width=plateau_width)
     if len(bounds) == 2 and abs(sig.delta(bounds[0], bounds[1])) < threshold:
         return StageDetection(fit, loss_fit, (), (), noise, threshold, (*notes, "λ̂ does not change beyond noise"))
 

@@ -94,7 +94,10 @@ class FollowUp:
         try:
             from services.aggregator import aggregate_sweep
 
-            aggregate_sweep(sweep_id=sweep_id, database_url=self._url, tracker=self._tracker)
+            report = aggregate_sweep(sweep_id=sweep_id, database_url=self._url, tracker=self._tracker,
+                                     log_to_mlflow=self._tracker is not None)
             self.aggregated.append(sweep_id)
+            if getattr(report, "tracking_error", None):
+                log.warning("sweep %s aggregated, but MLflow logging failed: %s", sweep_id, report.tracking_error)
         except Exception as exc:
             log.warning("Aggregating sweep %s failed (%s); run `llc aggregate %s` to retry.", sweep_id, exc, sweep_id)

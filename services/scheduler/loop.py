@@ -75,6 +75,7 @@ class SchedulerReport:
     lost_lease: int = 0
     released_orphans: int = 0
     finished_sweeps: list[int] = field(default_factory=list)
+    aggregated_sweeps: list[int] = field(default_factory=list)
     tracking_errors: int = 0
     busy_s: float = 0.0                # time the driver spent on its own work (not waiting on Ray)
     wall_s: float = 0.0
@@ -320,6 +321,7 @@ class Scheduler:
             log.warning("could not hand back this scheduler's jobs (%s); their leases will expire", exc)
         self._followup.drain()
         self.report.tracking_errors = self._followup.tracking_errors
+        self.report.aggregated_sweeps = list(self._followup.aggregated)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -38,10 +38,10 @@ def db(fresh_pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     yield fresh_pg_url
 
 
-def _run(db: str, sweep_id: int, tracker: Tracker | None = None, **kw: object) -> object:
+def _run(db: str, sweep_id: int, tracker: Tracker | None = None, *, aggregate: bool = False) -> object:
     opts = SchedulerOptions(database_url=db, sweep_id=sweep_id, until_idle=True, max_in_flight=2, lease_seconds=30,
-                            poll_seconds=0.2, **kw)  # type: ignore[arg-type]
-    return Scheduler(opts, tracker=tracker, aggregate=False).run()
+                            poll_seconds=0.2)
+    return Scheduler(opts, tracker=tracker, aggregate=aggregate).run()
 
 
 def test_sweep_runs_to_completion_in_store_and_mlflow(storage: str, db: str, ray_cluster: str,
@@ -49,8 +49,10 @@ def test_sweep_runs_to_completion_in_store_and_mlflow(storage: str, db: str, ray
     cfg = load_config(tiny_overrides(storage))
     sub = submit_sweep(cfg, submitted_by="tester")
     assert sub.new == 6
-    report = _run(db, sub.sweep_id, tracker=Tracker(mlflow_server))
+    report = _run(db, sub.sweep_id, tracker=Tracker(mlflow_server), aggregate=True)
     assert (report.succeeded, report.failed, report.tracking_errors) == (6, 0, 0)  # type: ignore[attr-defined]
+    # The last job's arrival triggered the aggregation of the sweep.
+    assert report.finished_sweeps == report.aggregated_sweeps == [sub.sweep_id]  # type: ignore[attr-defined]
     with session_scope(db) as s:
         rows = repo.sweep_results(s, sweep_id=sub.sweep_id)
         sweep = repo.get_sweep(s, sweep_id=sub.sweep_id)
@@ -72,8 +74,16 @@ def test_sweep_runs_to_completion_in_store_and_mlflow(storage: str, db: str, ray
         assert s.scalar(select(func.count()).select_from(Job).where(Job.status == "pending")) == 0
 
 
+def _status_text(sweep_id: int, capsys: pytest.CaptureFixture[str]) -> str:
+    from services.cli import main as llc_main
+
+    capsys.readouterr()
+    assert llc_main(["status", str(sweep_id)]) == 0
+    return capsys.readouterr().out
+
+
 def test_missing_checkpoint_fails_only_its_jobs_and_divergence_is_final(
-        s3_endpoint: str, db: str, ray_cluster: str) -> None:
+        s3_endpoint: str, db: str, ray_cluster: str, capsys: pytest.CaptureFixture[str]) -> None:
     storage, run_uri = tiny_run(s3_endpoint, name="broken-run")
     sub = submit_sweep(load_config(tiny_overrides(storage, run="broken-run", extra=(
         "sweep.checkpoints.steps=[0,6]", "sampler.epsilon=[1e-4,1e5]", "sampler.gamma=[1.0]"))), submitted_by="tester")
@@ -92,6 +102,8 @@ def test_missing_checkpoint_fails_only_its_jobs_and_divergence_is_final(
         assert f"{run_uri}/step-6" in (failed.error or "")
     with session_scope(db) as s:   # never retried: one attempt each
         assert {j.attempts for j in s.scalars(select(Job))} == {1}
+    text = _status_text(sub.sweep_id, capsys)
+    assert "failures (2)" in text and "step-6" in text and "λ̂ so far" in text
 
 
 def test_killed_scheduler_is_replaced_and_every_job_runs_once(storage: str, db: str, ray_cluster: str,
@@ -128,3 +140,38 @@ def test_killed_scheduler_is_replaced_and_every_job_runs_once(storage: str, db: 
         assert s.scalar(select(func.count()).select_from(Result)) == len(jobs) == 6
         assert all(s.scalar(select(func.count()).select_from(Result).where(Result.job_id == j.id)) == 1 for j in jobs)
         assert {j.id: j.attempts for j in jobs if j.id in orphaned} == {i: 2 for i in orphaned}
+
+
+def test_cancel_stops_running_ray_tasks(storage: str, db: str, ray_cluster: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    from services.cli import main as llc_main
+
+    sub = submit_sweep(load_config(tiny_overrides(storage, extra=("sampler.num_draws=[2000]",))), submitted_by="tester")
+    opts = SchedulerOptions(database_url=db, sweep_id=sub.sweep_id, until_idle=True, max_in_flight=2, lease_seconds=30,
+                            poll_seconds=0.2)
+    scheduler = Scheduler(opts, aggregate=False)
+    reports: list[object] = []
+    thread = threading.Thread(target=lambda: reports.append(scheduler.run()))
+    thread.start()
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            with session_scope(db) as s:
+                if repo.sweep_counts(s, sweep_id=sub.sweep_id)["running"] == 2:
+                    break
+            time.sleep(0.2)
+        assert llc_main(["cancel", str(sub.sweep_id)]) == 0
+        assert "6 pending/running job(s) cancelled" in capsys.readouterr().out
+        thread.join(timeout=60)
+    finally:
+        if thread.is_alive():
+            scheduler.stop()
+            thread.join(timeout=30)
+    report = reports[0]
+    assert report.cancelled == 2 and report.succeeded == 0  # type: ignore[attr-defined]
+    with session_scope(db) as s:
+        assert repo.get_sweep(s, sweep_id=sub.sweep_id).status == "cancelled"
+        assert set(repo.sweep_counts(s, sweep_id=sub.sweep_id).items()) >= {("cancelled", 6), ("succeeded", 0)}
+        assert s.scalar(select(func.count()).select_from(Result)) == 0

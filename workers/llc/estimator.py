@@ -232,8 +232,10 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
     good_base = base[ok]
     mala = [a for c in np.flatnonzero(ok) for a in rec.mala_accept[c]]
     diagnostics: dict[str, Any] = {
-        "r_hat": split_r_hat(good_loss) if good_loss.shape[0] >= 1 else float("nan"),
-        "ess": ess(good_loss) if good_loss.shape[0] >= 1 else float("nan"),
+        # On L_m(w_t) - baseline_t: the quantity averaged into lambda_hat (for a constant
+        # baseline this equals the loss trace's R-hat/ESS; for "paired" it drops batch noise).
+        "r_hat": split_r_hat(good_loss - good_base) if good_loss.shape[0] >= 1 else float("nan"),
+        "ess": ess(good_loss - good_base) if good_loss.shape[0] >= 1 else float("nan"),
         "diverged": bool(rec.diverged.any()),
         "num_diverged": int(rec.diverged.sum()),
         "frac_draws_below_init": float((good_loss < good_base).mean()) if good_loss.size else float("nan"),

@@ -53,7 +53,7 @@ class ParamLayout:
         lead = tuple(flat.shape[:-1])
         out: dict[str, torch.Tensor] = {}
         for name, part, shape, dt in zip(self.names, flat.split(list(self.sizes), dim=-1), self.shapes, self.dtypes):
-            view = part.view(*lead, *shape)
+            view = part.view(lead + tuple(shape))
             out[name] = view if dt == self.dtype else view.to(dt)
         return out
 

@@ -33,13 +33,15 @@ def _step_axis(ax) -> None:  # type: ignore[no-untyped-def]
     ax.grid(True, which="major", alpha=0.3)
 
 
-def _shade_stages(ax, detection: StageDetection, *, label_y: float = 0.97) -> None:  # type: ignore[no-untyped-def]
+def _shade_stages(ax, detection: StageDetection, *, labels: bool = True) -> None:  # type: ignore[no-untyped-def]
     for stage in detection.stages:
         color = STAGE_COLORS.get(stage.kind, OTHER_COLOR)
         ax.axvspan(stage.start_step, stage.end_step, color=color, alpha=0.12, lw=0)
+        if not labels:
+            continue
         mid = np.sqrt((stage.start_step + 1.0) * (stage.end_step + 1.0)) - 1.0
         text = f"S{stage.index + 1}: {'type ' + stage.kind if stage.kind in STAGE_COLORS else 'other'}"
-        ax.text(mid, label_y, text, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=9,
+        ax.text(mid, 0.97, text, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=9,
                 color=color, fontweight="bold")
     for step in detection.boundary_steps:
         ax.axvline(step, color="k", ls=":", lw=1)
@@ -63,7 +65,7 @@ def plot_setting(path: Path, *, curve: SettingCurve, detection: StageDetection |
     """λ̂ with its band and smooth fit, loss on a second axis, stages shaded and labelled."""
     plt, fig, (ax,) = _figure()
     _step_axis(ax)
-    _draw_curve(ax, curve, color="C0", label="")
+    _draw_curve(ax, curve, color="C0", label="mean")
     if detection is not None:
         ax.plot(detection.fit.grid_steps, detection.fit.grid_y, "-", color="C0", lw=2, label="smooth fit (log step)")
         _shade_stages(ax, detection)
@@ -98,7 +100,7 @@ def plot_overview(path: Path, *, curves: Sequence[SettingCurve], detection: Stag
         ax.plot(steps, mean, "-", color=f"C{i % 10}", lw=2.5 if mark else 1, alpha=0.9)
     if detection is not None:
         _shade_stages(ax, detection)
-        _shade_stages(ax_loss, detection, label_y=1.5)
+        _shade_stages(ax_loss, detection, labels=False)
     ax.set_ylabel("λ̂")
     ax.set_title(title)
     ax.legend(loc="lower left", fontsize=8, framealpha=0.8)

@@ -201,16 +201,16 @@ class _Significance:
 
 
 def _prune(bounds: list[float], sig: _Significance) -> list[float]:
-    """Drop boundaries until every stage is significant (weakest first); a weak wiggle
+    """Drop boundaries until every stage is significant (smallest λ̂ change first); a weak wiggle
     between two stages going the same way merges all three."""
     bounds = sorted(set(bounds))
     while len(bounds) > 2:
         pairs = list(zip(bounds[:-1], bounds[1:]))
-        scores = [sig.score(a, b) for a, b in pairs]
-        i = int(np.argmin(scores))
-        if scores[i] >= 1.0:
-            break
         deltas = [sig.delta(a, b) for a, b in pairs]
+        weak = [i for i, (a, b) in enumerate(pairs) if not sig.ok(a, b)]
+        if not weak:
+            break
+        i = min(weak, key=lambda k: abs(deltas[k]))  # the weakest change goes first
         last = len(pairs) - 1
         if i == 0:
             del bounds[1]

@@ -8,6 +8,7 @@ directly instead of collating item by item.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -91,10 +92,20 @@ def _parse_header(raw: bytes, uri: str) -> DatasetHeader:
     return header
 
 
-def load_token_dataset(uri: str, *, cache: LocalCache | None = None,
-                       max_sequences: int | None = None) -> TokenDataset:
-    """Load a dataset prefix (through the local cache when given)."""
+_MEMO: OrderedDict[tuple[str, str, int | None], TokenDataset] = OrderedDict()
+_MEMO_SIZE = 4
+
+
+def load_token_dataset(uri: str, *, cache: LocalCache | None = None, max_sequences: int | None = None,
+                       memo: bool = False) -> TokenDataset:
+    """Load a dataset prefix (through the local cache when given).
+
+    memo=True keeps the last few datasets of this process in memory, keyed by content
+    fingerprint, so consecutive jobs on one worker do not re-read the same tokens.
+    """
     uri = uri.rstrip("/")
+    if max_sequences is not None and max_sequences <= 0:
+        raise DatasetError(f"max_sequences for {uri} must be positive, got {max_sequences}.")
     try:
         store = open_store(uri)
         listing = {o.key: o for o in store.list() if o.key in (TOKENS_FILE, HEADER_FILE)}
@@ -105,9 +116,13 @@ def load_token_dataset(uri: str, *, cache: LocalCache | None = None,
         raise DatasetError(f"There is no token dataset at {uri} (missing {' and '.join(missing)}); point the "
                            "dataset URI at a prefix holding tokens.bin + header.json.")
     files = tuple(listing[name] for name in (HEADER_FILE, TOKENS_FILE))
+    key = (uri, fingerprint_of(files), max_sequences)
+    if memo and key in _MEMO:
+        _MEMO.move_to_end(key)
+        return _MEMO[key]
     try:
         if cache is not None:
-            local = cache.fetch(uri, fingerprint_of(files), files)
+            local = cache.fetch(uri, key[1], files)
         else:
             local = None
         raw_header = (local / HEADER_FILE).read_bytes() if local else store.get_bytes(HEADER_FILE)
@@ -125,14 +140,17 @@ def load_token_dataset(uri: str, *, cache: LocalCache | None = None,
         raise DatasetError(str(exc)) from exc
     array = array.reshape(header.num_sequences, header.seq_len)
     if max_sequences is not None:
-        if max_sequences <= 0:
-            raise DatasetError(f"max_sequences for {uri} must be positive, got {max_sequences}.")
         array = array[:max_sequences]
     tokens = torch.from_numpy(array.astype(np.int64))
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= header.vocab_size):
         raise DatasetError(f"The dataset {uri} holds token ids outside its vocab_size {header.vocab_size}; "
                            "rewrite it or fix header.json.")
-    return TokenDataset(tokens, vocab_size=header.vocab_size, uri=uri)
+    dataset = TokenDataset(tokens, vocab_size=header.vocab_size, uri=uri)
+    if memo:
+        _MEMO[key] = dataset
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    return dataset
 
 
 def check_fits_model(dataset: TokenDataset, *, model_vocab_size: int, max_positions: int | None = None,

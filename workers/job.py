@@ -1,0 +1,207 @@
+"""The job body: a JobSpec (URIs + small specs) in, a JobResult out.
+
+The scheduler sends JobSpecs to Ray tasks, never tensors; everything heavy (weights,
+tokens) is pulled here from the object store through the node's local cache. Input
+problems raise JobInputError (one sentence naming the URI; retrying will not help);
+a diverged estimate is a normal result with diverged=True.
+"""
+from __future__ import annotations
+
+import math
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.cache import LocalCache
+from workers.checkpoints import CheckpointError, CheckpointRef, inspect_checkpoint
+from workers.datasets import DatasetError, TokenDataset, check_fits_model, load_token_dataset
+from workers.loading import load_checkpoint
+
+
+class JobInputError(ValueError):
+    """A job whose inputs cannot be used (missing/corrupt checkpoint, bad dataset or spec)."""
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One point of a sweep's hyperparameter grid."""
+
+    epsilon: float
+    gamma: float
+    nbeta: float | None
+    num_chains: int
+    num_draws: int
+    num_burnin: int
+    batch_size: int
+    steps_between_draws: int = 1
+    baseline: str = "paired"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    uri: str                              # object-store prefix of a token dataset
+    max_sequences: int | None = None      # use the first N sequences (n = N)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    checkpoint_uri: str
+    fingerprint: str
+    step: int
+    dataset: DatasetSpec
+    sampler: SamplerSpec
+    seed: int
+    device: str = "auto"                  # "auto" -> cuda if available else cpu
+    num_threads: int | None = None        # pin torch threads to the worker's CPU share
+    cache_dir: str | None = None          # default from LLC_CACHE_DIR / embedded default
+    sample_params: tuple[str, ...] | None = None   # weight-restricted LLC (fnmatch patterns)
+
+
+def _json_float(x: Any) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def _nan(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+@dataclass
+class JobResult:
+    llc_mean: float
+    llc_std: float
+    llc_per_chain: list[float]
+    init_loss: float
+    baseline_loss: float
+    nbeta: float
+    n: int
+    num_chains: int
+    num_draws: int
+    diverged: bool
+    diagnostics: dict[str, float | bool | None]
+    loss_trace: list[list[float]]          # (chains, draws)
+    wall_time_s: float
+    device: str
+    host: str
+    estimator_version: str
+    extra: dict[str, Any] = field(default_factory=dict)   # path, fallback reason, checkpoint step
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (strict JSON: NaN/inf become null, as Postgres JSONB requires)."""
+        d = asdict(self)
+        for key in ("llc_mean", "llc_std", "init_loss", "baseline_loss", "nbeta", "wall_time_s"):
+            d[key] = _json_float(d[key])
+        d["llc_per_chain"] = [_json_float(x) for x in self.llc_per_chain]
+        d["loss_trace"] = [[_json_float(x) for x in row] for row in self.loss_trace]
+        d["diagnostics"] = {k: (v if isinstance(v, bool) or v is None else _json_float(v))
+                            for k, v in self.diagnostics.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "JobResult":
+        d = dict(d)
+        for key in ("llc_mean", "llc_std", "init_loss", "baseline_loss", "nbeta", "wall_time_s"):
+            d[key] = _nan(d.get(key))
+        d["llc_per_chain"] = [_nan(x) for x in d.get("llc_per_chain", [])]
+        d["loss_trace"] = [[_nan(x) for x in row] for row in d.get("loss_trace", [])]
+        d["n"], d["num_chains"], d["num_draws"] = int(d["n"]), int(d["num_chains"]), int(d["num_draws"])
+        d["diverged"] = bool(d["diverged"])
+        d.setdefault("extra", {})
+        return cls(**d)
+
+
+def causal_lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over every position of every sequence in the batch."""
+    logits = model(input_ids=batch, use_cache=False).logits
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise JobInputError(f"The job asks for device {device!r} but this worker has no CUDA GPU; use "
+                            "device=auto or schedule it on a GPU worker.")
+    return device
+
+
+# One loaded model per process: jobs of a sweep often share a checkpoint (grid points, seeds).
+_MODEL_MEMO: dict[tuple[str, str, str], tuple[nn.Module, CheckpointRef]] = {}
+
+
+def _load_model(spec: JobSpec, cache: LocalCache, device: str) -> tuple[nn.Module, CheckpointRef]:
+    key = (spec.checkpoint_uri, spec.fingerprint, device)
+    if key in _MODEL_MEMO:
+        return _MODEL_MEMO[key]
+    ref = inspect_checkpoint(spec.checkpoint_uri, step=spec.step)
+    if ref.fingerprint != spec.fingerprint:
+        raise JobInputError(f"Checkpoint {spec.checkpoint_uri} changed since the sweep was submitted (fingerprint "
+                            f"{ref.fingerprint[:12]} != {spec.fingerprint[:12]}); resubmit the sweep to estimate "
+                            "the new contents.")
+    model, ref = load_checkpoint(ref, cache=cache, device=device)
+    _MODEL_MEMO.clear()
+    _MODEL_MEMO[key] = (model, ref)
+    return model, ref
+
+
+def _sgld_config(spec: JobSpec) -> Any:
+    from workers.llc import SGLDConfig
+
+    s = spec.sampler
+    try:
+        return SGLDConfig(epsilon=s.epsilon, gamma=s.gamma, nbeta=s.nbeta, num_chains=s.num_chains,
+                          num_draws=s.num_draws, num_burnin=s.num_burnin, steps_between_draws=s.steps_between_draws,
+                          batch_size=s.batch_size, seed=spec.seed, baseline=s.baseline,
+                          sample_params=spec.sample_params)
+    except ValueError as exc:
+        raise JobInputError(str(exc)) from exc
+
+
+def run_job(spec: JobSpec, *, progress: Callable[[int, int], None] | None = None) -> JobResult:
+    """Pull the checkpoint and dataset, run the SGLD estimator, return the result."""
+    from workers.llc import ESTIMATOR_VERSION, estimate_llc
+
+    started = time.perf_counter()
+    if spec.num_threads:
+        torch.set_num_threads(int(spec.num_threads))
+    device = resolve_device(spec.device)
+    config = _sgld_config(spec)
+    cache = LocalCache(spec.cache_dir) if spec.cache_dir else LocalCache()
+    try:
+        model, ref = _load_model(spec, cache, device)
+        dataset: TokenDataset = load_token_dataset(spec.dataset.uri, cache=cache,
+                                                   max_sequences=spec.dataset.max_sequences, memo=True)
+        cfg = model.config
+        positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
+        check_fits_model(dataset, model_vocab_size=int(cfg.vocab_size), max_positions=positions,
+                         model_uri=spec.checkpoint_uri)
+    except (CheckpointError, DatasetError) as exc:
+        raise JobInputError(str(exc)) from exc
+    if config.batch_size > len(dataset):
+        raise JobInputError(f"batch_size={config.batch_size} is larger than the {len(dataset)} sequences of "
+                            f"{spec.dataset.uri}; lower sampler.batch_size or use more data.")
+    res = estimate_llc(model, causal_lm_loss, dataset, config=config, device=device, progress=progress)
+    diagnostics: dict[str, float | bool | None] = {}
+    for k, v in res.diagnostics.items():
+        if isinstance(v, bool) or v is None:
+            diagnostics[k] = v
+        elif isinstance(v, (int, float)) or hasattr(v, "item"):
+            diagnostics[k] = float(v)
+    diagnostics["vectorized"] = res.path == "vectorized"
+    diagnostics["chains_diverged"] = float(sum(bool(x) for x in res.chain_diverged))
+    diverged = bool(res.diverged) or not math.isfinite(res.llc_mean)
+    return JobResult(
+        llc_mean=float(res.llc_mean), llc_std=float(res.llc_std), llc_per_chain=[float(x) for x in res.llc_per_chain],
+        init_loss=float(res.init_loss), baseline_loss=float(res.baseline_loss), nbeta=float(res.nbeta), n=int(res.n),
+        num_chains=config.num_chains, num_draws=config.num_draws, diverged=diverged, diagnostics=diagnostics,
+        loss_trace=[[float(x) for x in row] for row in res.loss_trace.tolist()],
+        wall_time_s=time.perf_counter() - started, device=str(res.device), host=socket.gethostname(),
+        estimator_version=ESTIMATOR_VERSION,
+        extra={"path": res.path, "fallback_reason": res.fallback_reason, "step": spec.step,
+               "fingerprint": ref.fingerprint},
+    )

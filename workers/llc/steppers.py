@@ -76,15 +76,32 @@ class _Stepper:
         # When the model's own tensors are w* on this device, the baseline skips functional_call.
         self.star_is_native = star_is_native
 
+        # Tied weights (e.g. GPT-2's lm_head = wte) are passed under every alias once here,
+        # so functional_call can skip re-deriving the ties on every call (tie_weights=False).
+        aliases: dict[int, list[str]] = {}
+        for name, t in [*module.named_parameters(remove_duplicate=False), *module.named_buffers(remove_duplicate=False)]:
+            aliases.setdefault(id(t), []).append(name)
+        self._aliases = {names[0]: names[1:] for names in aliases.values() if len(names) > 1}
+        self._star_full = self._untie(star)
+        self._frozen_full = self._untie(frozen)
+
+    def _untie(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = dict(tensors)
+        for name, value in tensors.items():
+            for alias in self._aliases.get(name, ()):
+                out[alias] = value
+        return out
+
     def _call(self, params: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
         with autocast_ctx(self.device, self.bf16):
-            return functional_call(self.module, {**params, **self.frozen}, (batch,))
+            return functional_call(self.module, {**self._untie(params), **self._frozen_full}, (batch,),
+                                   tie_weights=False)
 
     def _call_star(self, batch: Any) -> torch.Tensor:
         with torch.no_grad(), autocast_ctx(self.device, self.bf16):
             if self.star_is_native:
                 return self.module(batch)
-            return functional_call(self.module, self.star, (batch,))
+            return functional_call(self.module, self._star_full, (batch,), tie_weights=False)
 
     def _loss_pair(self, params: dict[str, torch.Tensor], batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return self._call(params, batch), self._call_star(batch)

@@ -1,0 +1,273 @@
+"""Benchmark: our LLC estimator vs devinterp 2.0.1 at equal work (not a test).
+
+    python benchmarks/estimator.py [--threads 1] [--skip-b]
+
+Both sides run 4 chains x 200 draws (no burn-in) with the same eps, gamma, nbeta on
+(a) a 10->5 linear regression, n = 10,000, batch 256, and (b) a 2-layer GPT-2-style model
+(d_model 64, context 64), batch 32. devinterp runs in its own venv (.bench-venv, created
+here if missing) in a subprocess that re-runs this file with --devinterp-side; data and
+weights travel as safetensors files so both sides see identical inputs. The same process
+also times our sequential-chain path as the in-process baseline, and for (b) measures the
+fp32 matmul peak to report achieved FLOP/s as a fraction of it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".bench-venv"
+CHAINS, DRAWS = 4, 200
+A = dict(n=10_000, d_in=10, d_out=5, batch=256, eps=1e-4, gamma=100.0)
+B = dict(n=2_048, vocab=256, ctx=64, d_model=64, layers=2, heads=4, batch=32, eps=1e-4, gamma=100.0)
+
+
+# ---------------------------------------------------------------- shared inputs
+def make_inputs(tmp: Path) -> None:
+    """Write both problems' data and w* as safetensors (read by both sides)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(A["n"], A["d_in"], generator=g)
+    y = x @ torch.randn(A["d_out"], A["d_in"], generator=g).T + torch.randn(A["n"], A["d_out"], generator=g)
+    sol = torch.linalg.lstsq(torch.cat([x, torch.ones(A["n"], 1)], 1), y).solution
+    save_file({"x": x, "y": y, "weight": sol[:A["d_in"]].T.contiguous(), "bias": sol[A["d_in"]].contiguous()},
+              str(tmp / "a.safetensors"))
+    # (b): tokens with structure (each sequence repeats a random 8-token motif, with noise)
+    # and a GPT-2 trained on them for a few steps, so w* is not a random point.
+    motif = torch.randint(0, B["vocab"], (B["n"], 8), generator=g)
+    tokens = motif.repeat(1, B["ctx"] // 8)
+    noise = torch.rand(tokens.shape, generator=g) < 0.1
+    tokens = torch.where(noise, torch.randint(0, B["vocab"], tokens.shape, generator=g), tokens)
+    model = gpt2()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(60):
+        ids = tokens[torch.randint(0, B["n"], (32,), generator=g)]
+        loss = lm_loss(model, ids)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    save_file({**state, "__tokens__": tokens}, str(tmp / "b.safetensors"))
+
+
+def gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=B["vocab"], n_positions=B["ctx"], n_embd=B["d_model"], n_layer=B["layers"],
+                     n_head=B["heads"], resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg._attn_implementation = "eager"
+    return GPT2LMHeadModel(cfg)
+
+
+def load_b(tmp: Path):
+    from safetensors.torch import load_file
+
+    state = load_file(str(tmp / "b.safetensors"))
+    tokens = state.pop("__tokens__")
+    model = gpt2()
+    model.load_state_dict(state, strict=False)   # lm_head.weight is tied to wte
+    return model, tokens
+
+
+def lm_loss(model, ids: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy (the per-token loss devinterp averages)."""
+    logits = model(input_ids=ids, use_cache=False).logits
+    return torch.nn.functional.cross_entropy(logits[..., :-1, :].reshape(-1, logits.shape[-1]),
+                                             ids[..., 1:].reshape(-1))
+
+
+def nbeta_of(n: int) -> float:
+    return n / math.log(n)
+
+
+# ---------------------------------------------------------------- devinterp side
+def devinterp_side(problem: str, tmp: Path) -> dict:
+    from safetensors.torch import load_file
+
+    warnings.filterwarnings("ignore")
+    if problem == "a":
+        from devinterp.optim import SGLD
+        from devinterp.slt.sampler import sample_single_chain
+
+        t = load_file(str(tmp / "a.safetensors"))
+        model = torch.nn.Linear(A["d_in"], A["d_out"])
+        model.load_state_dict({"weight": t["weight"], "bias": t["bias"]})
+        x, y = t["x"], t["y"]
+
+        class DS(torch.utils.data.Dataset):
+            def __len__(self) -> int:
+                return A["n"]
+
+            def __getitem__(self, i: int) -> dict:
+                return {"input_ids": x[i], "y": y[i]}
+
+        def evaluate(m, b):
+            return 0.5 * ((m(b["input_ids"]) - b["y"]) ** 2).sum(-1), {}
+
+        draws: dict[int, list[float]] = {c: [] for c in range(CHAINS)}
+
+        def on_draw(*, loss, draw, chain, model, optimizer):  # noqa: ARG001
+            draws[chain].append(float(loss.mean()))
+
+        nb = nbeta_of(A["n"])
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            init = float(0.5 * ((model(x) - y) ** 2).sum(-1).mean())
+        for c in range(CHAINS):
+            sample_single_chain(model, DS(), evaluate, {k: None for k, _ in model.named_parameters()},
+                                num_draws=DRAWS, num_burnin_steps=0, sampling_method=SGLD,
+                                sampling_method_kwargs=dict(lr=A["eps"], localization=A["gamma"], nbeta=nb),
+                                chain=c, seed=c, dataloader_seed=c, callbacks=[on_draw], batch_size=A["batch"])
+        wall = time.perf_counter() - t0
+        per_chain = [nb * (sum(v) / len(v) - init) for v in draws.values()]
+    else:
+        from datasets import Dataset
+        from devinterp.slt.llc import llc
+
+        model, tokens = load_b(tmp)
+        ds = Dataset.from_dict({"input_ids": tokens.tolist()}).with_format("torch")
+        t0 = time.perf_counter()
+        out = llc(model, ds, {}, lr=B["eps"], n_beta=nbeta_of(B["n"]), localization=B["gamma"],
+                  num_chains=CHAINS, num_draws=DRAWS, batch_size=B["batch"], num_burnin_steps=0,
+                  device="cpu", output_path=str(tmp / f"devinterp-{time.time_ns()}.zarr"))
+        wall = time.perf_counter() - t0
+        per_chain = [float(v) for v in out["llc_per_chain"].values]
+    mean = sum(per_chain) / len(per_chain)
+    std = math.sqrt(sum((v - mean) ** 2 for v in per_chain) / (len(per_chain) - 1))
+    return {"wall_s": wall, "llc_mean": mean, "llc_std": std, "per_chain": per_chain}
+
+
+def ensure_venv() -> Path:
+    py = VENV / "bin" / "python"
+    if not py.exists():
+        print(f"creating {VENV} (torch==2.13.0 first, then devinterp==2.0.1) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "devinterp==2.0.1"], check=True)
+    return py
+
+
+def run_devinterp(problem: str, tmp: Path, threads: int) -> dict:
+    py = ensure_venv()
+    proc = subprocess.run([str(py), __file__, "--devinterp-side", problem, "--tmp", str(tmp), "--threads", str(threads)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"devinterp side failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- our side
+def ours(problem: str, tmp: Path, *, vectorize: bool | None, baseline: str | int) -> tuple[float, object]:
+    from safetensors.torch import load_file
+
+    from workers.llc import SGLDConfig, estimate_llc
+
+    if problem == "a":
+        t = load_file(str(tmp / "a.safetensors"))
+        model = torch.nn.Linear(A["d_in"], A["d_out"])
+        model.load_state_dict({"weight": t["weight"], "bias": t["bias"]})
+        data = torch.utils.data.TensorDataset(t["x"], t["y"])
+
+        def loss_fn(m, b):
+            return 0.5 * ((m(b[0]) - b[1]) ** 2).sum(-1).mean()
+        p = A
+    else:
+        model, tokens = load_b(tmp)
+        data = torch.utils.data.TensorDataset(tokens)
+
+        def loss_fn(m, b):
+            return lm_loss(m, b[0])
+        p = B
+    cfg = SGLDConfig(epsilon=p["eps"], gamma=p["gamma"], nbeta=nbeta_of(p["n"]), num_chains=CHAINS, num_draws=DRAWS,
+                     num_burnin=0, batch_size=p["batch"], seed=0, baseline=baseline, vectorize=vectorize)
+    t0 = time.perf_counter()
+    res = estimate_llc(model, loss_fn, data, config=cfg)
+    return time.perf_counter() - t0, res
+
+
+def matmul_peak(threads: int) -> float:
+    """Measured fp32 matmul FLOP/s on this machine (best of a few 1024^3 products)."""
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        best = min(best, (time.perf_counter() - t0) / 5)
+    return 2 * 1024 ** 3 / best
+
+
+def flops_per_chain_step(tmp: Path) -> tuple[float, float]:
+    """FLOPs of one SGLD step (forward+backward) and of one paired-baseline forward, counted by torch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, tokens = load_b(tmp)
+    ids = tokens[: B["batch"]]
+    with FlopCounterMode(display=False) as fc:
+        lm_loss(model, ids).backward()
+    step = fc.get_total_flops()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        lm_loss(model, ids)
+    return float(step), float(fc.get_total_flops())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides")
+    ap.add_argument("--skip-b", action="store_true")
+    ap.add_argument("--devinterp-side", choices=["a", "b"])
+    ap.add_argument("--tmp")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.devinterp_side:
+        print(json.dumps(devinterp_side(args.devinterp_side, Path(args.tmp))))
+        return
+    sys.path.insert(0, str(ROOT))
+    tmp = Path(tempfile.mkdtemp(prefix="llc-bench-"))
+    make_inputs(tmp)
+    problems = ["a"] if args.skip_b else ["a", "b"]
+    print(f"threads={args.threads}  chains={CHAINS} draws={DRAWS} burn-in=0")
+    for prob in problems:
+        ours(prob, tmp, vectorize=None, baseline="paired")          # warm-up (lazy imports, allocator)
+        di = run_devinterp(prob, tmp, args.threads)
+        comparable = "full" if prob == "a" else 32                 # devinterp's init loss: full data (a) / 32 batches (b)
+        t_vec, r_vec = ours(prob, tmp, vectorize=None, baseline="paired")
+        t_cmp, r_cmp = ours(prob, tmp, vectorize=None, baseline=comparable)
+        t_seq, r_seq = ours(prob, tmp, vectorize=False, baseline="paired")
+        se = math.hypot(di["llc_std"], r_cmp.llc_std) / math.sqrt(CHAINS)
+        label = "(a) linear regression 10->5, n=10k, batch 256" if prob == "a" else \
+            "(b) GPT-2 2 layers d64 ctx64, batch 32"
+        print(f"\n{label}")
+        print(f"  devinterp 2.0.1            {di['wall_s']:8.2f} s   llc {di['llc_mean']:9.3f} +- {di['llc_std']:.3f}")
+        print(f"  ours ({r_vec.path}, paired)  {t_vec:8.2f} s   llc {r_vec.llc_mean:9.3f} +- {r_vec.llc_std:.3f}"
+              f"   speedup x{di['wall_s'] / t_vec:.1f}")
+        print(f"  ours ({r_cmp.path}, {comparable})    {t_cmp:8.2f} s   llc {r_cmp.llc_mean:9.3f} +- {r_cmp.llc_std:.3f}"
+              f"   speedup x{di['wall_s'] / t_cmp:.1f}   |diff vs devinterp| = {abs(r_cmp.llc_mean - di['llc_mean']):.3f}"
+              f" ({abs(r_cmp.llc_mean - di['llc_mean']) / se:.1f} se)")
+        print(f"  ours (sequential, paired)  {t_seq:8.2f} s   llc {r_seq.llc_mean:9.3f} +- {r_seq.llc_std:.3f}"
+              f"   vectorized/sequential x{t_seq / t_vec:.1f}")
+        if prob == "b":
+            peak = matmul_peak(args.threads)
+            step, fwd = flops_per_chain_step(tmp)
+            work = CHAINS * DRAWS * (step + fwd)                    # every step is a draw (no burn-in)
+            achieved = work / t_vec
+            print(f"  achieved {achieved / 1e9:.2f} GFLOP/s = {100 * achieved / peak:.1f}% of measured fp32 matmul peak"
+                  f" {peak / 1e9:.1f} GFLOP/s ({args.threads} thread(s))")
+
+
+if __name__ == "__main__":
+    main()

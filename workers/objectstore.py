@@ -152,41 +152,43 @@ class FileStore:
 # --------------------------------------------------------------------------- s3://
 
 _CLIENT_LOCK = threading.Lock()
-_CLIENT: tuple[int, object] | None = None
+_CLIENT: tuple[tuple[int, str, str], object] | None = None
 
 
 def s3_client() -> object:
-    """The process's one boto3 S3 client; re-created after fork (clients are not fork-safe)."""
+    """The process's one boto3 S3 client.
+
+    Re-created after fork (clients are not fork-safe) and when boto3's endpoint or retry
+    variables change. botocore retries each request (standard mode, 5 attempts unless
+    AWS_MAX_ATTEMPTS says otherwise).
+    """
     global _CLIENT
+    key = (os.getpid(), os.environ.get("AWS_ENDPOINT_URL_S3", ""), os.environ.get("AWS_MAX_ATTEMPTS", ""))
     with _CLIENT_LOCK:
-        if _CLIENT is None or _CLIENT[0] != os.getpid():
+        if _CLIENT is None or _CLIENT[0] != key:
             import boto3
             from botocore.config import Config
 
-            session = boto3.session.Session()
-            client = session.client("s3", config=Config(
-                retries={"max_attempts": _ATTEMPTS, "mode": "standard"},
-                connect_timeout=10, read_timeout=120,
-            ))
-            _CLIENT = (os.getpid(), client)
+            retries: dict[str, object] = {"mode": os.environ.get("AWS_RETRY_MODE", "standard")}
+            if not os.environ.get("AWS_MAX_ATTEMPTS"):
+                retries["max_attempts"] = _ATTEMPTS
+            client = boto3.session.Session().client("s3", config=Config(
+                retries=retries, connect_timeout=10, read_timeout=120))
+            _CLIENT = (key, client)
         return _CLIENT[1]
 
 
 def _is_transient(exc: BaseException) -> bool:
-    from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError, ReadTimeoutError
+    """Errors while streaming a body, which botocore's per-request retries do not cover."""
+    from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
     from urllib3.exceptions import ProtocolError
 
-    if isinstance(exc, (BotoConnectionError, ReadTimeoutError, ProtocolError, ConnectionResetError)):
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        code = exc.response.get("Error", {}).get("Code", "")
-        return status >= 500 or code in ("SlowDown", "Throttling", "RequestTimeout", "InternalError")
-    return False
+    return isinstance(exc, (IncompleteReadError, ResponseStreamingError, ReadTimeoutError, ProtocolError,
+                            ConnectionResetError))
 
 
 class S3Store:
-    """A bucket + prefix; botocore retries each request, and `_call` retries whole transfers."""
+    """A bucket + prefix; botocore retries each request, `_call` retries transfers broken mid-stream."""
 
     def __init__(self, bucket: str, prefix: str) -> None:
         self.bucket = bucket
@@ -198,6 +200,7 @@ class S3Store:
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+        from botocore.exceptions import ConnectionError as BotoConnectionError
 
         for attempt in range(_ATTEMPTS):
             try:
@@ -215,17 +218,18 @@ class S3Store:
                 if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                     raise ObjectStoreError(f"Access to {what} was denied ({code}); check the AWS credentials "
                                            "and the bucket policy.") from None
-                if not _is_transient(exc) or attempt == _ATTEMPTS - 1:
-                    raise ObjectStoreError(f"S3 refused {what}: {code or exc}.") from exc
-            except BaseException as exc:  # noqa: BLE001 - classified below
+                raise ObjectStoreError(f"S3 refused {what} ({code or exc}); check the URI and the S3 service.") \
+                    from exc
+            except (EndpointConnectionError, BotoConnectionError) as exc:
+                endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+                raise ObjectStoreError(f"S3 at {endpoint} could not be reached for {what}; check that it is up "
+                                       "and that AWS_ENDPOINT_URL_S3 points at it.") from exc
+            except Exception as exc:  # noqa: BLE001 - classified below
                 if not _is_transient(exc):
                     raise
                 if attempt == _ATTEMPTS - 1:
-                    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
-                    hint = ("is the endpoint up and AWS_ENDPOINT_URL_S3 right?"
-                            if isinstance(exc, EndpointConnectionError) else "retry later.")
-                    raise ObjectStoreError(f"S3 at {endpoint} could not be reached for {what} after "
-                                           f"{_ATTEMPTS} attempts; {hint}") from exc
+                    raise ObjectStoreError(f"Reading {what} from S3 kept failing ({type(exc).__name__}) after "
+                                           f"{_ATTEMPTS} attempts; retry later.") from exc
             delay = _BASE_DELAY_S * (2 ** attempt) * (0.5 + random.random())
             log.warning("transient S3 error on %s; retrying in %.1fs", what, delay)
             time.sleep(delay)

@@ -81,3 +81,11 @@ def sweep_resources(session: Session, *, sweep_id: int) -> dict[str, Any]:
     """The per-job resources the sweep's config asks for."""
     config = session.scalar(select(Sweep.config).where(Sweep.id == sweep_id)) or {}
     return dict(((config.get("sweep") or {}).get("resources")) or {})
+
+
+def finished_sweeps(session: Session, sweep_ids: Sequence[int]) -> list[int]:
+    """Those of `sweep_ids` the store now marks finished (it derives sweep status on every write)."""
+    if not sweep_ids:
+        return []
+    return list(session.scalars(select(Sweep.id).where(Sweep.id.in_(list(sweep_ids)), Sweep.status == "finished")
+                                .order_by(Sweep.id)).all())

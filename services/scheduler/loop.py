@@ -143,7 +143,8 @@ class Scheduler:
                     next_renew = now + renew_every
                 if not (opts.once and claimed_once):
                     free = opts.max_in_flight - len(self._inflight)
-                    if free > 0:
+                    # Claim in batches (a quarter of the window) so each store round trip serves several jobs.
+                    if free > 0 and (free >= max(1, opts.max_in_flight // 4) or not self._inflight):
                         if self._claim_and_submit(free):
                             claimed_once = True
                         elif opts.once:
@@ -154,8 +155,7 @@ class Scheduler:
                     if ready:
                         ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=0)
                     t1 = time.perf_counter()
-                    for ref in ready:
-                        self._handle(ref)
+                    self._handle(ready)
                     busy += time.perf_counter() - t1
                     continue
                 if opts.once and claimed_once:
@@ -217,42 +217,52 @@ class Scheduler:
             opts["memory"] = int(float(res["memory_gb"]) * 2**30)
         return opts
 
-    def _handle(self, ref: ray.ObjectRef) -> None:
-        flight = self._inflight.pop(ref)
-        try:
-            result = ray.get(ref)
-        except rex.TaskCancelledError:
-            self.report.cancelled += 1
-            self._emit(flight, "cancelled")
+    def _handle(self, refs: list[ray.ObjectRef]) -> None:
+        """Results of a batch of finished tasks: errors one by one, results in one transaction."""
+        done: list[tuple[_Flight, dict[str, Any]]] = []
+        for ref in refs:
+            flight = self._inflight.pop(ref)
+            try:
+                done.append((flight, ray.get(ref)))
+            except rex.TaskCancelledError:
+                self.report.cancelled += 1
+                self._emit(flight, "cancelled")
+            except SYSTEM_ERRORS as exc:
+                self._fail(flight.job_id, flight.sweep_ids, flight.step,
+                           f"the Ray worker running job {flight.job_id} was lost after {self.options.ray_max_retries} "
+                           f"retries ({type(exc).__name__}); requeued", retry=True)
+            except rex.RayTaskError as exc:
+                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+                self._fail(flight.job_id, flight.sweep_ids, flight.step, _one_line(cause), retry=False)
+        if not done:
             return
-        except SYSTEM_ERRORS as exc:
-            self._fail(flight.job_id, flight.sweep_ids, flight.step,
-                       f"the Ray worker running job {flight.job_id} was lost after {self.options.ray_max_retries} "
-                       f"retries ({type(exc).__name__}); requeued", retry=True)
-            return
-        except rex.RayTaskError as exc:
-            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            self._fail(flight.job_id, flight.sweep_ids, flight.step, _one_line(cause), retry=False)
-            return
-        diverged = bool(result.get("diverged"))
-        try:
-            with session_scope(self._url) as s:
-                repo.record_result(s, job_id=flight.job_id, owner=self.owner, result=result, diverged=diverged)
-                finished = [sid for sid in flight.sweep_ids if repo.sweep_is_finished(s, sweep_id=sid)]
-        except JobStateError as exc:
+        stored: list[tuple[_Flight, dict[str, Any]]] = []
+        lost: list[tuple[_Flight, str]] = []
+        with session_scope(self._url) as s:
+            for flight, result in done:
+                try:
+                    # The lease check happens before any write, so a refusal leaves the session clean.
+                    repo.record_result(s, job_id=flight.job_id, owner=self.owner, result=result,
+                                       diverged=bool(result.get("diverged")))
+                    stored.append((flight, result))
+                except JobStateError as exc:
+                    lost.append((flight, str(exc)))
+            finished = claims.finished_sweeps(s, sorted({sid for f, _ in stored for sid in f.sweep_ids}))
+        for flight, reason in lost:
             self.report.lost_lease += 1
-            log.warning("dropping the result of job %s: %s", flight.job_id, exc)
-            self._emit(flight, "lost", error=str(exc))
-            return
-        if diverged:
-            self.report.diverged += 1
-        else:
-            self.report.succeeded += 1
-        self._emit(flight, "diverged" if diverged else "succeeded", llc_mean=result.get("llc_mean"))
-        if flight.sweep_ids:
-            self._followup.job_done(FinishedJob(job_id=flight.job_id, sweep_id=flight.sweep_ids[0], key=flight.key,
-                                                step=flight.step, hyperparameters=flight.hyperparameters,
-                                                seed=flight.seed, result=result, mlflow_run_id=flight.mlflow_run_id))
+            log.warning("dropping the result of job %s: %s", flight.job_id, reason)
+            self._emit(flight, "lost", error=reason)
+        for flight, result in stored:
+            diverged = bool(result.get("diverged"))
+            if diverged:
+                self.report.diverged += 1
+            else:
+                self.report.succeeded += 1
+            self._emit(flight, "diverged" if diverged else "succeeded", llc_mean=result.get("llc_mean"))
+            if flight.sweep_ids:
+                self._followup.job_done(FinishedJob(job_id=flight.job_id, sweep_id=flight.sweep_ids[0], key=flight.key,
+                                                    step=flight.step, hyperparameters=flight.hyperparameters,
+                                                    seed=flight.seed, result=result, mlflow_run_id=flight.mlflow_run_id))
         self._sweeps_finished(finished)
 
     def _fail(self, job_id: int, sweep_ids: tuple[int, ...], step: int, error: str, *, retry: bool) -> None:
@@ -261,7 +271,7 @@ class Scheduler:
                 repo.record_failure(s, job_id=job_id, owner=self.owner, error=error, retry=retry,
                                     max_attempts=self.options.max_attempts)
                 status = repo.get_job(s, job_id=job_id).status
-                finished = [sid for sid in sweep_ids if repo.sweep_is_finished(s, sweep_id=sid)]
+                finished = claims.finished_sweeps(s, list(sweep_ids))
         except JobStateError as exc:
             self.report.lost_lease += 1
             log.warning("dropping the failure of job %s: %s", job_id, exc)

@@ -51,7 +51,7 @@ def sweep_detail(sweep: Any, counts: dict[str, int], rows: list[Any], *, max_set
         for r in done:
             by_setting[setting_label(r.hyperparameters, varying)][r.step].append(r)
         settings = sorted(by_setting)[:max_settings]
-        llc = Table(title="λ̂ so far (mean ± std over chains; * diverged)")
+        llc = Table(title="λ̂ so far", caption="mean ± std over chains; * diverged")
         llc.add_column("step", justify="right")
         for name in settings:
             llc.add_column(name, justify="right")

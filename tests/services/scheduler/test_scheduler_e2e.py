@@ -90,7 +90,11 @@ def test_missing_checkpoint_fails_only_its_jobs_and_divergence_is_final(
     assert sub.new == 4
     bucket = storage.removeprefix("s3://")
     boto3.client("s3", endpoint_url=s3_endpoint).delete_object(Bucket=bucket, Key="broken-run/step-6/model.safetensors")
-    _run(db, sub.sweep_id)
+    # An unreachable tracking server is logged per job and never loses a stored result.
+    from tests.conftest import free_port
+
+    report = _run(db, sub.sweep_id, tracker=Tracker(f"http://127.0.0.1:{free_port()}"))
+    assert (report.succeeded, report.diverged, report.failed, report.tracking_errors) == (1, 1, 2, 2)  # type: ignore[attr-defined]
     with session_scope(db) as s:
         rows = repo.sweep_results(s, sweep_id=sub.sweep_id)
     by = {(r.step, r.hyperparameters["epsilon"]): r for r in rows}

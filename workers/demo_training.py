@@ -8,7 +8,6 @@ induction heads form after a loss plateau, which is what the λ̂ curve should s
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -152,8 +151,12 @@ def _save_checkpoint(model: AttnOnlyForCausalLM, run_uri: str, step: int, metada
 
 
 def train_demo(run_uri: str, settings: DemoSettings | None = None, *, force: bool = False,
-               show_progress: bool = True) -> DemoRun:
-    """Train (or reuse) the demo run at `run_uri`."""
+               show_progress: bool = True, num_threads: int | None = 1) -> DemoRun:
+    """Train (or reuse) the demo run at `run_uri`.
+
+    num_threads: torch threads while training; the model is so small that one thread is
+    faster than several (and leaves the other cores to the rest of the node).
+    """
     settings = settings or DemoSettings()
     run_uri = run_uri.rstrip("/")
     started = time.perf_counter()
@@ -171,6 +174,18 @@ def train_demo(run_uri: str, settings: DemoSettings | None = None, *, force: boo
     for obj in stored:  # --force: the user asked to replace the run
         store.delete(obj.key)
 
+    threads_before = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        records = _train(run_uri, settings, show_progress=show_progress)
+    finally:
+        torch.set_num_threads(threads_before)
+    open_store(run_uri).put_bytes(TRAIN_CONFIG, json.dumps(asdict(settings), indent=1).encode())
+    return DemoRun(run_uri, settings, reused=False, wall_time_s=time.perf_counter() - started, checkpoints=records)
+
+
+def _train(run_uri: str, settings: DemoSettings, *, show_progress: bool) -> list[dict]:
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     task = dict(seq_len=settings.seq_len, vocab_size=settings.vocab_size)
@@ -190,7 +205,7 @@ def train_demo(run_uri: str, settings: DemoSettings | None = None, *, force: boo
         opt, lambda s: min(1.0, (s + 1) / max(1, settings.warmup_steps)))
     save_at = set(checkpoint_steps(settings.steps, settings.num_checkpoints))
     records: list[dict] = []
-    train_loss = math.nan
+    train_loss: float | None = None   # none before the first step
     columns = (TextColumn("[bold]train-demo"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, disable=not show_progress, transient=False) as progress:
@@ -214,5 +229,4 @@ def train_demo(run_uri: str, settings: DemoSettings | None = None, *, force: boo
             sched.step()
             train_loss = float(loss.detach())
             progress.advance(bar)
-    open_store(run_uri).put_bytes(TRAIN_CONFIG, json.dumps(asdict(settings), indent=1).encode())
-    return DemoRun(run_uri, settings, reused=False, wall_time_s=time.perf_counter() - started, checkpoints=records)
+    return records

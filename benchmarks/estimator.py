@@ -169,7 +169,8 @@ def run_devinterp(problem: str, tmp: Path, threads: int) -> dict:
 
 
 # ---------------------------------------------------------------- our side
-def ours(problem: str, tmp: Path, *, vectorize: bool | None, baseline: str | int) -> tuple[float, object]:
+def ours(problem: str, tmp: Path, *, vectorize: bool | None, baseline: str | int,
+         draws: int = DRAWS) -> tuple[float, object]:
     from safetensors.torch import load_file
 
     from workers.llc import SGLDConfig, estimate_llc
@@ -190,7 +191,7 @@ def ours(problem: str, tmp: Path, *, vectorize: bool | None, baseline: str | int
         def loss_fn(m, b):
             return lm_loss(m, b[0])
         p = B
-    cfg = SGLDConfig(epsilon=p["eps"], gamma=p["gamma"], nbeta=nbeta_of(p["n"]), num_chains=CHAINS, num_draws=DRAWS,
+    cfg = SGLDConfig(epsilon=p["eps"], gamma=p["gamma"], nbeta=nbeta_of(p["n"]), num_chains=CHAINS, num_draws=draws,
                      num_burnin=0, batch_size=p["batch"], seed=0, baseline=baseline, vectorize=vectorize)
     t0 = time.perf_counter()
     res = estimate_llc(model, loss_fn, data, config=cfg)
@@ -242,7 +243,7 @@ def main() -> None:
     problems = ["a"] if args.skip_b else ["a", "b"]
     print(f"threads={args.threads}  chains={CHAINS} draws={DRAWS} burn-in=0")
     for prob in problems:
-        ours(prob, tmp, vectorize=None, baseline="paired")          # warm-up (lazy imports, allocator)
+        ours(prob, tmp, vectorize=None, baseline="paired", draws=5)  # warm-up (lazy imports, allocator)
         di = run_devinterp(prob, tmp, args.threads)
         comparable = "full" if prob == "a" else 32                 # devinterp's init loss: full data (a) / 32 batches (b)
         t_vec, r_vec = ours(prob, tmp, vectorize=None, baseline="paired")

@@ -29,6 +29,11 @@ from .steppers import LossFn, LossModule, ParamLayout, SequentialStepper, Vector
 _VMAP_MEMORY_FRACTION = 0.25
 # Floats of (chains, D) state per chain in the vectorized path: flat, grad, noise, drift, offset, temps.
 _STATE_COPIES = 8
+# On CPU, above this many FLOPs per chain-step the work is compute-bound and vmapped
+# (batched) kernels ran slower than one chain at a time (benchmarks/estimator.py (b):
+# 1.9 GFLOP/step, 121 s vectorized vs 70 s sequential); below it, vmap's saved Python
+# overhead wins (benchmark (a): 1.8x). GPUs always take the vectorized path.
+_CPU_SEQUENTIAL_FLOPS = 50e6
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -177,6 +182,10 @@ def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStep
     need = cfg.num_chains * flat0.numel() * flat0.element_size() * _STATE_COPIES
     if cfg.vectorize is None and need > _VMAP_MEMORY_FRACTION * _free_memory(dev):
         return seq, f"stacked state of {cfg.num_chains} chains (~{need / 2**30:.1f} GiB) exceeds the memory budget"
+    if cfg.vectorize is None and dev.type == "cpu":
+        flops = _step_flops(seq, source, flat0, cfg.batch_size)
+        if flops > _CPU_SEQUENTIAL_FLOPS:
+            return seq, f"compute-bound on CPU ({flops / 1e6:.0f} MFLOP per chain-step): sequential chains are faster there"
     vec = VectorizedStepper(**common)
     try:
         # Trace once on a probe batch (the same batch for every chain): vmap must work and
@@ -197,6 +206,15 @@ def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStep
             torch.cuda.empty_cache()
         return seq, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
     return vec, None
+
+
+def _step_flops(seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor, batch_size: int) -> float:
+    """FLOPs of one chain's forward+backward on a probe batch (torch's own counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        seq.loss_and_grad(flat0.unsqueeze(0), source.gather(torch.arange(batch_size)))
+    return float(counter.get_total_flops())
 
 
 def _constant_baseline(cfg: SGLDConfig, seq: SequentialStepper, source: BatchSource, n: int,

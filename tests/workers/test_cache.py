@@ -21,10 +21,10 @@ def _put(uri: str, files: dict[str, bytes]) -> tuple[str, tuple[ObjectInfo, ...]
     return fingerprint_of(listed), listed
 
 
-def _fill(args: tuple[str, str, str, tuple[ObjectInfo, ...]]) -> tuple[str, bytes]:
+def _fill(args: tuple[str, str, str, tuple[ObjectInfo, ...]]) -> tuple[str, bytes, int]:
     root, uri, fp, files = args
     path = LocalCache(root).fetch(uri, fp, files)
-    return str(path), (path / "model.safetensors").read_bytes()
+    return str(path), (path / "model.safetensors").read_bytes(), (path / "model.safetensors").stat().st_ino
 
 
 def test_concurrent_fills_from_several_processes(s3_bucket: str, tmp_path: Path) -> None:
@@ -35,8 +35,9 @@ def test_concurrent_fills_from_several_processes(s3_bucket: str, tmp_path: Path)
     ctx = mp.get_context("spawn")  # fresh interpreters, as separate Ray workers would be
     with ctx.Pool(4) as pool:
         results = pool.map(_fill, [(root, uri, fp, files)] * 4)
-    assert len({p for p, _ in results}) == 1
-    assert all(data == weights for _, data in results)
+    assert len({p for p, _, _ in results}) == 1
+    assert all(data == weights for _, data, _ in results)
+    assert len({ino for _, _, ino in results}) == 1   # one fill; the others waited and used it
     cache = LocalCache(root)
     assert len(cache.entries()) == 1
     assert list((Path(root) / "tmp").iterdir()) == []

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "services.cli.demo",
     "services.cli.aggregate",
     "services.cli.db",
     "services.cli.sweeps",

@@ -89,14 +89,9 @@ def _tracker(uri: str, disabled: bool) -> Any:
 
 
 def _max_in_flight(requested: int | None, num_cpus_per_job: float) -> int:
-    if requested:
-        if requested < 1:
-            raise UserError(f"--max-in-flight must be at least 1, got {requested}.")
-        return requested
-    import ray
+    from services.sweeps.run import max_in_flight
 
-    cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    return max(1, int(cpus // max(num_cpus_per_job, 1e-9)) * 2)
+    return max_in_flight(requested, num_cpus_per_job)
 
 
 # ---------------------------------------------------------------- commands
@@ -233,55 +228,22 @@ def _cancel(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from services.scheduler.cluster import connect, disconnect
-    from services.scheduler.loop import JobEvent, Scheduler, SchedulerOptions
-    from services.sweeps.submit import plan_sweep, submit_plan
-    from services.sweeps import views
+    from services.cli.aggregate import print_report
+    from services.sweeps.run import run_sweep
 
     _logging(args.verbose)
     cfg = _config(args.overrides)
-    console = Console()
-    with console.status("discovering checkpoints"):
-        plan = plan_sweep(cfg)
-    outcome = submit_plan(plan, name=cfg.sweep.name, submitted_by=None, database_url=plan.endpoints.database_url)
-    console.print(outcome.summary())
-    ends = plan.endpoints
-    tracker = _tracker(ends.tracking_uri, args.no_tracking)
-    todo = outcome.new + outcome.already_queued
-    if todo == 0:
-        _aggregate_now(outcome.sweep_id, ends.database_url, tracker, console)
-        return 0
-    num_cpus = cfg.cluster.num_cpus
-    started = connect(address=ends.ray_address, num_cpus=num_cpus, num_gpus=cfg.cluster.num_gpus)
-    try:
-        with views.progress_bars() as progress:
-            bar = progress.add_task(f"sweep {outcome.sweep_id} {cfg.sweep.name}", total=todo, detail="")
-            tally = {"failed": 0, "diverged": 0}
-
-            def on_event(ev: JobEvent) -> None:
-                if ev.status in ("succeeded", "diverged", "failed", "cancelled"):
-                    tally[ev.status] = tally.get(ev.status, 0) + 1
-                    progress.advance(bar)
-                    last = f"step {ev.step}: λ̂={ev.llc_mean:.3g}" if ev.llc_mean is not None else f"step {ev.step}: {ev.status}"
-                    progress.update(bar, detail=f"{last} · failed {tally['failed']} · diverged {tally['diverged']}")
-
-            opts = SchedulerOptions(database_url=ends.database_url, sweep_id=outcome.sweep_id, until_idle=True,
-                                    max_in_flight=_max_in_flight(args.max_in_flight, cfg.sweep.resources.num_cpus),
-                                    lease_seconds=args.lease_seconds, poll_seconds=args.poll_seconds,
-                                    max_attempts=args.max_attempts)
-            report = Scheduler(opts, tracker=tracker, on_event=on_event).run()
-    finally:
-        disconnect(started)
-    console.print(f"sweep {outcome.sweep_id}: {report.succeeded} succeeded, {report.diverged} diverged, "
-                  f"{report.failed} failed; `llc status {outcome.sweep_id}` shows λ̂ by step")
-    return 0 if report.failed == 0 else 1
+    ends = _endpoints_of(cfg)
+    outcome = run_sweep(cfg, console=Console(), tracker=_tracker(ends.tracking_uri, args.no_tracking),
+                        requested_in_flight=args.max_in_flight, lease_seconds=args.lease_seconds,
+                        poll_seconds=args.poll_seconds, max_attempts=args.max_attempts)
+    if outcome.aggregate is not None:
+        print_report(outcome.aggregate)
+    failed = outcome.scheduler.failed if outcome.scheduler is not None else 0
+    return 0 if failed == 0 else 1
 
 
-def _aggregate_now(sweep_id: int, url: str, tracker: Any, console: Any) -> None:
-    from services.aggregator import aggregate_sweep
+def _endpoints_of(cfg: Any) -> Any:
+    from services.sweeps.endpoints import resolve_endpoints
 
-    console.print("every job is already done; aggregating")
-    report = aggregate_sweep(sweep_id=sweep_id, database_url=url, tracker=tracker)
-    table = getattr(report, "table", None)
-    if callable(table):
-        console.print(table())
+    return resolve_endpoints(cfg)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 import workers.models  # noqa: F401 - registers the project's own architectures with the Auto classes
 from workers.cache import CacheError, LocalCache
@@ -61,6 +62,8 @@ def load_model_dir(local_dir: Path | str, *, uri: str | None = None, device: str
         raise CheckpointError(f"Checkpoint {uri} has an unknown architecture (model_type={model_type!r}); "
                               "only architectures built into transformers or registered by workers.models "
                               "load, never remote code.") from exc
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()   # one bar per job in a worker's log is noise
     try:
         model, info = AutoModelForCausalLM.from_pretrained(
             local_dir, config=config, local_files_only=True, use_safetensors=True, trust_remote_code=False,
@@ -73,6 +76,9 @@ def load_model_dir(local_dir: Path | str, *, uri: str | None = None, device: str
     except (OSError, RuntimeError) as exc:
         raise CheckpointError(f"Checkpoint {uri} could not be loaded ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''}); re-save it.") from exc
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     missing = sorted(info.get("missing_keys") or [])
     mismatched = list(info.get("mismatched_keys") or [])
     if missing or mismatched:

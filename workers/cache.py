@@ -19,7 +19,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from workers.objectstore import ObjectInfo, ObjectStoreError, md5_file, open_store
+from workers.objectstore import ObjectInfo, md5_file, open_store
 
 log = logging.getLogger(__name__)
 

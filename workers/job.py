@@ -21,7 +21,6 @@ from torch import nn
 from workers.cache import LocalCache
 from workers.checkpoints import CheckpointError, CheckpointRef, inspect_checkpoint
 from workers.datasets import DatasetError, TokenDataset, check_fits_model, load_token_dataset
-from workers.loading import load_checkpoint
 
 
 class JobInputError(ValueError):
@@ -135,6 +134,8 @@ _MODEL_MEMO: dict[tuple[str, str, str], tuple[nn.Module, CheckpointRef]] = {}
 
 
 def _load_model(spec: JobSpec, cache: LocalCache, device: str) -> tuple[nn.Module, CheckpointRef]:
+    from workers.loading import load_checkpoint  # transformers: only where a job runs, not where specs are built
+
     key = (spec.checkpoint_uri, spec.fingerprint, device)
     if key in _MODEL_MEMO:
         return _MODEL_MEMO[key]

@@ -99,3 +99,32 @@ def test_one_client_per_process_and_fresh_after_fork(s3_endpoint: str) -> None:
         assert pid != os.getpid()
         assert owner == pid   # the child built its own client instead of using the parent's...
         assert reused         # ...and then kept using it
+
+
+def test_transfers_broken_mid_stream_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    from botocore.exceptions import IncompleteReadError
+
+    from workers import objectstore
+
+    monkeypatch.setattr(objectstore, "_BASE_DELAY_S", 0.001)
+    store = objectstore.S3Store("bucket", "prefix")
+    failures = iter([IncompleteReadError(actual_bytes=1, expected_bytes=9)] * 2)
+
+    def flaky() -> bytes:
+        for exc in failures:
+            raise exc
+        return b"payload"
+
+    assert store._call("s3://bucket/prefix/x", flaky) == b"payload"
+
+    def broken() -> bytes:
+        raise IncompleteReadError(actual_bytes=1, expected_bytes=9)
+
+    with pytest.raises(ObjectStoreError, match=r"Reading s3://bucket/prefix/x from S3 kept failing .* 5 attempts"):
+        store._call("s3://bucket/prefix/x", broken)
+
+    def bug() -> bytes:
+        raise KeyError("not transient")
+
+    with pytest.raises(KeyError):   # programming errors are not retried or disguised
+        store._call("s3://bucket/prefix/x", bug)

@@ -260,7 +260,7 @@ def main() -> None:
               f"   speedup x{di['wall_s'] / t_cmp:.1f}   |diff vs devinterp| = {abs(r_cmp.llc_mean - di['llc_mean']):.3f}"
               f" ({abs(r_cmp.llc_mean - di['llc_mean']) / se:.1f} se)")
         print(f"  ours (sequential, paired)  {t_seq:8.2f} s   llc {r_seq.llc_mean:9.3f} +- {r_seq.llc_std:.3f}"
-              f"   vectorized/sequential x{t_seq / t_vec:.1f}")
+              f"   sequential / default-path time x{t_seq / t_vec:.1f}")
         if prob == "b":
             peak = matmul_peak(args.threads)
             step, fwd = flops_per_chain_step(tmp)

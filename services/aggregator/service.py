@@ -20,7 +20,7 @@ from services.aggregator.curves import SettingCurve, build_curves
 from services.aggregator.plots import LossSeries, plot_overview, plot_setting
 from services.aggregator.report import AggregateReport, SettingStage
 from services.aggregator.stability import assess, recommend
-from services.aggregator.stages import KIND_A, KIND_B, StageDetection, detect_stages
+from services.aggregator.stages import StageDetection, detect_stages
 from services.core.settings import llc_home
 from services.tracking import Tracker, TrackingUnavailable
 
@@ -152,12 +152,9 @@ def aggregate_sweep(*, sweep_id: int, database_url: str | None = None, tracker: 
     stored = [StageRow(hyperparameters=s.hyperparameters, start_step=s.stage.start_step, end_step=s.stage.end_step,
                        kind=s.stage.kind, llc_change=s.stage.llc_change, loss_change=s.stage.loss_change,
                        details={**s.as_dict(), "loss_source": loss_name, "step_axis": "log(step + 1)"})
-              for s in stages if s.stage.kind in (KIND_A, KIND_B)]
+              for s in stages]
     with session_scope(database_url) as session:
         replace_stages(session, sweep_id=sweep_id, stages=stored)
-    if len(stored) < len(stages):
-        notes.append(f"{len(stages) - len(stored)} stage(s) of type 'other' are in the plots and stages.csv only "
-                     "(the store keeps types A and B)")
 
     report = AggregateReport(
         sweep_id=sweep_id, sweep_name=sweep_name, out_dir=out_dir or default_out_dir(sweep_id), curves=curves,

@@ -230,7 +230,7 @@ class Stage(Base):
 
     __tablename__ = "stages"
     __table_args__ = (
-        CheckConstraint("kind IN ('A', 'B')", name="kind"),
+        CheckConstraint("kind IN ('A', 'B', 'other')", name="kind"),
         UniqueConstraint("sweep_id", "setting_key", "start_step"),
     )
 
@@ -240,7 +240,7 @@ class Stage(Base):
     hyperparameters: Mapped[dict[str, Any]]
     start_step: Mapped[int] = mapped_column(BigInteger)
     end_step: Mapped[int] = mapped_column(BigInteger)
-    kind: Mapped[str] = mapped_column(String(1))
+    kind: Mapped[str] = mapped_column(String(8))
     llc_change: Mapped[float | None] = mapped_column(Float)
     loss_change: Mapped[float | None] = mapped_column(Float)
     details: Mapped[dict[str, Any] | None]

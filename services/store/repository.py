@@ -702,7 +702,7 @@ def sweep_results(session: Session, *, sweep_id: int) -> list[ResultRow]:
 
 @dataclass(frozen=True)
 class StageRow:
-    """A stage to store: `kind` is 'A' (loss falls, λ̂ rises) or 'B' (loss flat, λ̂ falls)."""
+    """A stage to store: `kind` is 'A' (loss falls, λ̂ rises), 'B' (loss flat, λ̂ falls) or 'other'."""
 
     hyperparameters: dict[str, Any]
     start_step: int
@@ -717,8 +717,8 @@ def replace_stages(session: Session, *, sweep_id: int, stages: Sequence[StageRow
     """Replace all of the sweep's stages with `stages` (re-aggregation never duplicates)."""
     get_sweep(session, sweep_id=sweep_id)
     for s in stages:
-        if s.kind not in ("A", "B"):
-            raise ValueError(f"stage kind {s.kind!r} is not 'A' or 'B'.")
+        if s.kind not in ("A", "B", "other"):
+            raise ValueError(f"stage kind {s.kind!r} is not 'A', 'B' or 'other'.")
         if s.end_step < s.start_step:
             raise ValueError(f"stage from step {s.start_step} to {s.end_step} ends before it starts.")
     session.execute(delete(Stage).where(Stage.sweep_id == sweep_id))

@@ -256,15 +256,17 @@ def test_replace_stages_never_duplicates(store_url: str) -> None:
         sweep, _, _ = _sweep(s, n_steps=1, seeds=(0,))
         stages = [repo.StageRow(hyperparameters={"lr": 1e-4}, start_step=0, end_step=300, kind="B", llc_change=-2.0, loss_change=0.0),
                   repo.StageRow(hyperparameters={"lr": 1e-4}, start_step=300, end_step=900, kind="A", llc_change=5.0, loss_change=-1.5),
-                  repo.StageRow(hyperparameters={"lr": 1e-3}, start_step=0, end_step=900, kind="A", llc_change=4.0, loss_change=-1.0)]
+                  repo.StageRow(hyperparameters={"lr": 1e-3}, start_step=0, end_step=900, kind="A", llc_change=4.0, loss_change=-1.0),
+                  repo.StageRow(hyperparameters={"lr": 1e-3}, start_step=900, end_step=2000, kind="other", llc_change=3.0, loss_change=0.5)]
         repo.replace_stages(s, sweep_id=sweep.id, stages=stages)
         repo.replace_stages(s, sweep_id=sweep.id, stages=stages)
         got = repo.list_stages(s, sweep_id=sweep.id)
-        assert len(got) == 3 == s.query(Stage).count()
-        assert sorted((g.hyperparameters["lr"], g.start_step, g.kind) for g in got) == [(1e-4, 0, "B"), (1e-4, 300, "A"), (1e-3, 0, "A")]
-        with pytest.raises(ValueError, match="not 'A' or 'B'"):
+        assert len(got) == 4 == s.query(Stage).count()
+        assert sorted((g.hyperparameters["lr"], g.start_step, g.kind) for g in got) == [
+            (1e-4, 0, "B"), (1e-4, 300, "A"), (1e-3, 0, "A"), (1e-3, 900, "other")]
+        with pytest.raises(ValueError, match="not 'A', 'B' or 'other'"):
             repo.replace_stages(s, sweep_id=sweep.id, stages=[repo.StageRow(hyperparameters={}, start_step=0, end_step=1, kind="C")])
-        assert len(repo.list_stages(s, sweep_id=sweep.id)) == 3
+        assert len(repo.list_stages(s, sweep_id=sweep.id)) == 4
 
 
 def _claim_in_process(url: str, owner: str, queue) -> None:  # type: ignore[no-untyped-def]

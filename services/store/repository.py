@@ -553,26 +553,8 @@ def _lock_job_for_write(session: Session, *, job_id: int, owner: str | None, act
     return job
 
 
-def record_result(
-    session: Session,
-    *,
-    job_id: int,
-    owner: str | None,
-    result: dict[str, Any],
-    diverged: bool,
-    mlflow_run_id: str | None = None,
-) -> Result:
-    """Store a job's estimate and mark it succeeded (or diverged: a final result, not a retry).
-
-    `owner` given: only while that owner holds the job. Refused (JobStateError, nothing
-    written) for unknown, finished or cancelled jobs. Known keys of `result` fill columns
-    (llc_mean, llc_std, llc_per_chain, baseline_loss, init_loss, nbeta, n, num_draws/draws,
-    num_chains/chains, diagnostics, wall_time_s, device, worker_host/host; wall time, chains and
-    draws fall back to diagnostics["wall_time_s"], len(llc_per_chain) and loss_trace's shape).
-    The dict is kept in Result.payload (arrays over 256 values left out), non-finite numbers
-    stored as null.
-    """
-    job = _lock_job_for_write(session, job_id=job_id, owner=owner, action="record a result")
+def _result_columns(result: dict[str, Any]) -> dict[str, Any]:
+    """The Result columns that the known keys of a result dict fill (see record_result)."""
     values: dict[str, Any] = {}
     for column, names in _RESULT_FIELDS.items():
         for name in names:
@@ -598,6 +580,30 @@ def record_result(
     trace = _json_safe(result.get("loss_trace"))
     if values.get("num_draws") is None and isinstance(trace, list) and trace and isinstance(trace[0], list):
         values["num_draws"] = len(trace[0])
+    return values
+
+
+def record_result(
+    session: Session,
+    *,
+    job_id: int,
+    owner: str | None,
+    result: dict[str, Any],
+    diverged: bool,
+    mlflow_run_id: str | None = None,
+) -> Result:
+    """Store a job's estimate and mark it succeeded (or diverged: a final result, not a retry).
+
+    `owner` given: only while that owner holds the job. Refused (JobStateError, nothing
+    written) for unknown, finished or cancelled jobs. Known keys of `result` fill columns
+    (llc_mean, llc_std, llc_per_chain, baseline_loss, init_loss, nbeta, n, num_draws/draws,
+    num_chains/chains, diagnostics, wall_time_s, device, worker_host/host; wall time, chains and
+    draws fall back to diagnostics["wall_time_s"], len(llc_per_chain) and loss_trace's shape).
+    The dict is kept in Result.payload (arrays over 256 values left out), non-finite numbers
+    stored as null.
+    """
+    job = _lock_job_for_write(session, job_id=job_id, owner=owner, action="record a result")
+    values = _result_columns(result)
     now = utcnow()
     row = Result(job_id=job.id, diverged=bool(diverged), payload=_compact_payload(result), created_at=now, **values)
     session.add(row)
@@ -615,6 +621,85 @@ def record_result(
     session.flush()
     _refresh_sweeps(session, _sweeps_of_jobs(session, [job.id]))
     return row
+
+
+@dataclass(frozen=True)
+class NewResult:
+    """One finished job's result for `record_results` (same meaning as record_result's arguments)."""
+
+    job_id: int
+    result: dict[str, Any]
+    diverged: bool
+    mlflow_run_id: str | None = None
+
+
+@dataclass
+class RecordedResults:
+    """What `record_results` did: the job ids it stored (in the order given) and, for each
+    refused one, the reason (the message record_result's JobStateError would carry)."""
+
+    stored: list[int] = field(default_factory=list)
+    refused: dict[int, str] = field(default_factory=dict)
+
+
+def record_results(session: Session, *, owner: str | None, results: Sequence[NewResult]) -> RecordedResults:
+    """record_result for a batch, in the caller's one transaction: one locking SELECT, one
+    multi-row INSERT of the results, one executemany UPDATE of the jobs, one status refresh per
+    sweep touched. The same refusal rules, per job and without raising: an unknown, finished
+    (succeeded, diverged, failed) or cancelled job, or (with `owner`) one that owner no longer
+    holds, is refused and nothing is written for it; a job given twice is stored once, the second
+    is refused. The others are stored."""
+    out = RecordedResults()
+    if not results:
+        return out
+    ids = sorted({r.job_id for r in results})
+    current: dict[int, tuple[str, str | None, str | None, str | None]] = {}
+    for chunk in _chunks(ids):
+        rows = session.execute(select(Job.id, Job.status, Job.lease_owner, Job.worker_host, Job.mlflow_run_id)
+                               .where(Job.id.in_(chunk)).order_by(Job.id).with_for_update())
+        for job_id, status, lease_owner, host, run_id in rows:
+            current[job_id] = (status, lease_owner, host, run_id)
+    now = utcnow()
+    result_rows: list[dict[str, Any]] = []
+    job_rows: list[dict[str, Any]] = []
+    taken: set[int] = set()
+    action = "record a result"
+    for r in results:
+        job_id = r.job_id
+        if job_id not in current:
+            out.refused[job_id] = f"cannot {action} for job {job_id}: there is no such job; nothing was written."
+            continue
+        status, lease_owner, host, run_id = current[job_id]
+        if job_id in taken or status in TERMINAL_STATUSES:
+            done = "succeeded or diverged (given twice in this batch)" if job_id in taken else status
+            out.refused[job_id] = f"cannot {action} for job {job_id}: it is already {done}; nothing was overwritten."
+            continue
+        if owner is not None and (status != JobStatus.RUNNING or lease_owner != owner):
+            holder = f"held by {lease_owner}" if lease_owner else "not claimed"
+            out.refused[job_id] = (f"cannot {action} for job {job_id}: {owner} no longer holds its lease "
+                                   f"(it is {status}, {holder}); nothing was written.")
+            continue
+        taken.add(job_id)
+        values = _result_columns(r.result)
+        result_rows.append(dict(values, job_id=job_id, diverged=bool(r.diverged), payload=_compact_payload(r.result),
+                                created_at=now))
+        new_host = r.result.get("worker_host") or r.result.get("host")
+        job_rows.append(dict(id=job_id, status=JobStatus.DIVERGED if r.diverged else JobStatus.SUCCEEDED,
+                             lease_owner=None, lease_expires_at=None, finished_at=now, updated_at=now, error=None,
+                             worker_host=str(new_host) if new_host else host, mlflow_run_id=r.mlflow_run_id or run_id))
+        out.stored.append(job_id)
+    if not out.stored:
+        return out
+    by_columns: dict[frozenset[str], list[dict[str, Any]]] = {}
+    for row in result_rows:  # one executemany per column set (as record_result, absent keys stay SQL NULL)
+        by_columns.setdefault(frozenset(row), []).append(row)
+    for rows_alike in by_columns.values():
+        for chunk in _chunks(rows_alike, 100):
+            session.execute(Result.__table__.insert(), list(chunk))
+    session.execute(update(Job), job_rows)  # ORM bulk UPDATE by primary key: one executemany
+    _refresh_sweeps(session, _sweeps_of_jobs(session, out.stored))
+    _reload(session, Job, out.stored)
+    return out
 
 
 def record_failure(session: Session, *, job_id: int, owner: str | None, error: str, retry: bool, max_attempts: int = 3) -> None:

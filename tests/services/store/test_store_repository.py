@@ -326,3 +326,81 @@ def test_estimator_output_fills_columns_and_traces_stay_out_of_the_payload(store
         assert res.diagnostics == {"wall_time_s": 9.0, "r_hat": 1.02, "ess": None}
         assert res.payload["loss_trace"] == {"omitted": "1200 values (traces are logged to MLflow)"}
         assert res.payload["chain_diverged"] == [False, False, False] and res.payload["n"] == 512
+
+
+def test_record_results_stores_a_batch_like_record_result(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        sweep, _, _ = _sweep(s, n_steps=2, seeds=(0, 1))
+        sid = sweep.id
+        a, b, c, d = repo.claim_jobs(s, owner="w", limit=4, lease_seconds=60)
+        ids = (a.id, b.id, c.id, d.id)
+        out = repo.record_results(s, owner="w", results=[
+            repo.NewResult(job_id=a.id, result=RESULT, diverged=False),
+            repo.NewResult(job_id=b.id, result={"llc_mean": math.nan, "llc_per_chain": [math.inf, 1.0]}, diverged=True,
+                           mlflow_run_id="run-b"),
+            repo.NewResult(job_id=c.id, result={"llc_mean": 7.0, "host": "node-9"}, diverged=False)])
+        assert out.stored == [a.id, b.id, c.id] and out.refused == {}
+        # Objects the session already holds see the new state.
+        assert (a.status, a.worker_host, a.lease_owner) == ("succeeded", "node-7", None) and a.finished_at is not None
+        assert (b.status, b.mlflow_run_id) == ("diverged", "run-b") and c.worker_host == "node-9"
+        assert repo.get_sweep(s, sweep_id=sid).status == "running"
+        out = repo.record_results(s, owner="w", results=[repo.NewResult(job_id=d.id, result=RESULT, diverged=False)])
+        assert out.stored == [d.id] and repo.get_sweep(s, sweep_id=sid).status == "finished"
+    with session_scope(store_url) as s:
+        rows = {r.job_id: r for r in s.query(Result)}
+        ra, rb, rc = rows[ids[0]], rows[ids[1]], rows[ids[2]]
+        assert (ra.llc_mean, ra.num_draws, ra.num_chains, ra.device, ra.wall_time_s) == (12.5, 100, 2, "cpu", 3.5)
+        assert ra.diagnostics == {"rhat": 1.01, "ess": None} and ra.payload["worker_host"] == "node-7"
+        assert rb.diverged and rb.llc_mean is None and rb.llc_per_chain == [None, 1.0] and rb.num_chains == 2
+        assert rb.diagnostics is None and rb.device is None
+        assert rc.llc_mean == 7.0 and not rc.diverged
+        assert {r.job_id: r.status for r in repo.sweep_results(s, sweep_id=sid)} == {
+            ids[0]: "succeeded", ids[1]: "diverged", ids[2]: "succeeded", ids[3]: "succeeded"}
+
+
+def test_record_results_refuses_per_job_like_record_result(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        _sweep(s, n_steps=2, seeds=(0, 1))
+        a, b, c = repo.claim_jobs(s, owner="w", limit=3, lease_seconds=60)
+        (pending,) = repo.claim_jobs(s, owner="other", limit=1, lease_seconds=60)
+        s.execute(update(Job).where(Job.id == pending.id).values(status="pending", lease_owner=None))
+        repo.record_result(s, job_id=a.id, owner="w", result=RESULT, diverged=False)
+        s.execute(update(Job).where(Job.id == b.id).values(status="cancelled", lease_owner=None))
+        aid, bid, pid = a.id, b.id, pending.id
+    with session_scope(store_url) as s:
+        out = repo.record_results(s, owner="w", results=[
+            repo.NewResult(job_id=999_999, result=RESULT, diverged=False),
+            repo.NewResult(job_id=aid, result={"llc_mean": -1.0}, diverged=False),
+            repo.NewResult(job_id=bid, result={"llc_mean": -1.0}, diverged=False),
+            repo.NewResult(job_id=pid, result={"llc_mean": -1.0}, diverged=False)])
+        assert out.stored == []
+        assert "no such job" in out.refused[999_999] and "already succeeded" in out.refused[aid]
+        assert "already cancelled" in out.refused[bid] and "w no longer holds" in out.refused[pid]
+        assert "it is pending, not claimed" in out.refused[pid]
+    with session_scope(store_url) as s:
+        assert [r.llc_mean for r in s.query(Result)] == [12.5]
+
+
+def test_record_results_stores_the_held_and_refuses_the_rest(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        _sweep(s, n_steps=2, seeds=(0, 1))
+        a, b, c = repo.claim_jobs(s, owner="w", limit=3, lease_seconds=60)
+        s.execute(update(Job).where(Job.id == c.id).values(lease_owner="thief"))
+        repo.record_result(s, job_id=b.id, owner="w", result=RESULT, diverged=False)
+        aid, bid, cid = a.id, b.id, c.id
+    with session_scope(store_url) as s:
+        out = repo.record_results(s, owner="w", results=[
+            repo.NewResult(job_id=cid, result={"llc_mean": 1.0}, diverged=False),
+            repo.NewResult(job_id=aid, result={"llc_mean": 2.0}, diverged=False),
+            repo.NewResult(job_id=bid, result={"llc_mean": 3.0}, diverged=False),
+            repo.NewResult(job_id=aid, result={"llc_mean": 4.0}, diverged=False)])
+        assert out.stored == [aid]
+        assert set(out.refused) == {cid, bid, aid}
+        assert "w no longer holds" in out.refused[cid] and "held by thief" in out.refused[cid]
+        assert "already succeeded" in out.refused[bid]
+        assert "given twice" in out.refused[aid]
+    with session_scope(store_url) as s:
+        assert sorted(r.llc_mean for r in s.query(Result)) == [2.0, 12.5]
+        assert repo.get_job(s, job_id=cid).status == "running" and repo.get_job(s, job_id=aid).status == "succeeded"
+    with session_scope(store_url) as s:
+        assert repo.record_results(s, owner=None, results=[]).stored == []

@@ -6,6 +6,7 @@ and never loses a result, and a slow tracking server never stalls the scheduling
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +30,15 @@ class FinishedJob:
     mlflow_run_id: str | None
 
 
+def _lower_priority() -> None:
+    """Run follow-up work (MLflow HTTP, aggregation) at a lower OS priority than the scheduling
+    loop, so on a busy machine the driver thread gets the CPU first (Linux: per-thread nice)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):
+        pass
+
+
 class FollowUp:
     """Serial queue: each job's child run, then (when a sweep's last job is in) its aggregation."""
 
@@ -36,7 +46,7 @@ class FollowUp:
         self._url = database_url
         self._tracker = tracker
         self._aggregate = aggregate
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llc-followup")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llc-followup", initializer=_lower_priority)
         self._parents: dict[int, str] = {}
         self._lock = threading.Lock()
         self._futures: list[Future[None]] = []

@@ -111,6 +111,8 @@ class Scheduler:
         self._resources: dict[int, dict[str, Any]] = {}
         self._gpus: bool | None = None
         self._stop = threading.Event()
+        #: claim once this many slots are free: half the window, so half of it stays queued in Ray
+        self._claim_batch = max(1, options.max_in_flight // 2)
 
     def stop(self) -> None:
         self._stop.set()
@@ -143,17 +145,19 @@ class Scheduler:
                     next_renew = now + renew_every
                 if not (opts.once and claimed_once):
                     free = opts.max_in_flight - len(self._inflight)
-                    # Claim in batches (a quarter of the window) so each store round trip serves several jobs.
-                    if free > 0 and (free >= max(1, opts.max_in_flight // 4) or not self._inflight):
+                    # Claim in batches so each store round trip serves several jobs, early enough that the
+                    # tasks still queued in Ray keep its CPUs busy while the driver claims and writes.
+                    if free > 0 and (free >= self._claim_batch or not self._inflight):
                         if self._claim_and_submit(free):
                             claimed_once = True
                         elif opts.once:
                             claimed_once = True
                 busy += time.perf_counter() - t0
                 if self._inflight:
-                    ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=opts.poll_seconds)
-                    if ready:
-                        ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=0)
+                    refs = list(self._inflight)
+                    ready, _ = ray.wait(refs, num_returns=1, timeout=opts.poll_seconds, fetch_local=False)
+                    if ready and len(refs) > 1:
+                        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
                     t1 = time.perf_counter()
                     self._handle(ready)
                     busy += time.perf_counter() - t1
@@ -220,10 +224,14 @@ class Scheduler:
     def _handle(self, refs: list[ray.ObjectRef]) -> None:
         """Results of a batch of finished tasks: errors one by one, results in one transaction."""
         done: list[tuple[_Flight, dict[str, Any]]] = []
-        for ref in refs:
-            flight = self._inflight.pop(ref)
+        flights = [self._inflight.pop(ref) for ref in refs]
+        try:
+            values = ray.get(refs)  # one round trip for the batch; any error: one by one below
+        except Exception:
+            values = None
+        for i, (ref, flight) in enumerate(zip(refs, flights)):
             try:
-                done.append((flight, ray.get(ref)))
+                done.append((flight, values[i] if values is not None else ray.get(ref)))
             except rex.TaskCancelledError:
                 self.report.cancelled += 1
                 self._emit(flight, "cancelled")
@@ -236,17 +244,13 @@ class Scheduler:
                 self._fail(flight.job_id, flight.sweep_ids, flight.step, _one_line(cause), retry=False)
         if not done:
             return
-        stored: list[tuple[_Flight, dict[str, Any]]] = []
-        lost: list[tuple[_Flight, str]] = []
+        # One transaction for the batch: one locking read, one multi-row insert, one sweep refresh.
         with session_scope(self._url) as s:
-            for flight, result in done:
-                try:
-                    # The lease check happens before any write, so a refusal leaves the session clean.
-                    repo.record_result(s, job_id=flight.job_id, owner=self.owner, result=result,
-                                       diverged=bool(result.get("diverged")))
-                    stored.append((flight, result))
-                except JobStateError as exc:
-                    lost.append((flight, str(exc)))
+            outcome = repo.record_results(s, owner=self.owner, results=[
+                repo.NewResult(job_id=f.job_id, result=r, diverged=bool(r.get("diverged"))) for f, r in done])
+            stored_ids = set(outcome.stored)
+            stored = [(f, r) for f, r in done if f.job_id in stored_ids]
+            lost = [(f, outcome.refused[f.job_id]) for f, _ in done if f.job_id not in stored_ids]
             finished = claims.finished_sweeps(s, sorted({sid for f, _ in stored for sid in f.sweep_ids}))
         for flight, reason in lost:
             self.report.lost_lease += 1

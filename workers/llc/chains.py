@@ -45,72 +45,147 @@ class ChainRecords:
         self.mala_accept = [[] for _ in range(c)]
 
 
+# Divergence is checked (one host sync) every this many steps, not after every step: a chain
+# that diverged keeps stepping (on its own generators, so no other chain notices) until the
+# next check, and everything it recorded after the divergent step is discarded.
+_CHECK_EVERY = 16
+
+
 def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: list[IndexStream],
               noise_gens: list[torch.Generator], flat0: torch.Tensor, cfg: SGLDConfig, nbeta: float,
               paired: bool, records: ChainRecords, progress: Progress) -> None:
-    """Run cfg.num_steps SGLD steps for `chains` (all in one stepper call per step)."""
+    """Run cfg.num_steps SGLD steps for `chains` (all in one stepper call per step).
+
+    Losses stay on the device in a (chains, steps) trace until the end; divergence is checked
+    every _CHECK_EVERY steps; paired baselines L_m(w*) (independent of the chain state) are
+    computed after the loop from the recorded batch indices, many batches per call.
+    """
     eps, gamma = cfg.epsilon, cfg.gamma
     sqrt_eps = math.sqrt(eps)
-    active = list(chains)
+    dev = flat0.device
+    group = len(chains)
+    total = cfg.num_steps
     gens = list(noise_gens)
     strs = list(streams)
-    flat = flat0.unsqueeze(0).repeat(len(active), 1)
-    total = cfg.num_steps
+    rows = list(range(group))                      # group rows still stepping
+    rows_t: torch.Tensor | None = None             # the same as a device tensor (None: all rows)
+    flat = flat0.unsqueeze(0).repeat(group, 1)
+    trace = torch.full((group, total), float("nan"), device=dev, dtype=torch.float32)
+    first_bad = np.full(group, total, dtype=np.int64)   # first divergent step per row (total: none)
+    mala_acc = torch.full((group, cfg.num_draws), float("nan"), device=dev, dtype=torch.float64) if cfg.mala else None
+    draws_seen: list[tuple[int, int, list[int], torch.Tensor]] = []   # (step, draw, rows, idx) for paired
+    init: torch.Tensor | None = None
+    checked = 0
+    steps_done = np.zeros(group, dtype=np.int64)
     for t in range(total):
         idx = torch.stack([s.next() for s in strs])
         batch = stepper.batch(source, idx)
         draw, rem = divmod(t - cfg.num_burnin, cfg.steps_between_draws)
         is_draw = draw >= 0 and rem == 0
         # A non-finite gradient shows up as a non-finite loss one step later.
-        loss, grad, base = stepper.loss_and_grad(flat, batch, baseline=paired and is_draw)
-        loss_np = loss.double().cpu().numpy()
-        rows = list(active)
+        loss, grad = stepper.loss_and_grad(flat, batch)
+        if rows_t is None:
+            trace[:, t] = loss
+        else:
+            trace[:, t].index_copy_(0, rows_t, loss)
         if t == 0:
-            records.init_loss[rows] = loss_np
-        init = records.init_loss[rows]
-        bad = ~np.isfinite(loss_np) | (loss_np > init + cfg.divergence_ratio * (np.abs(init) + 1.0))
-        if is_draw:
-            records.loss[rows, draw] = np.where(bad, np.nan, loss_np)
-            if base is not None:
-                records.baseline[rows, draw] = base.double().cpu().numpy()
-        records.chain_steps += len(active)
-        progress(len(active))
-        if bad.any():
-            for i in np.flatnonzero(bad):
-                records.diverged[rows[i]] = True
-                records.diverged_at_step[rows[i]] = t
-            keep = np.flatnonzero(~bad)
-            if keep.size == 0:
-                return
-            keep_t = torch.as_tensor(keep, device=flat.device)
-            flat, grad, loss = flat[keep_t], grad[keep_t], loss[keep_t]
-            active = [active[i] for i in keep]
-            gens = [gens[i] for i in keep]
-            strs = [strs[i] for i in keep]
-            if is_draw:
+            init = loss.detach().clone()
+        if paired and is_draw:
+            draws_seen.append((t, draw, rows, idx))
+        progress(len(rows))
+        if t + 1 - checked >= _CHECK_EVERY or t == total - 1:
+            # Chains past their first bad step stop here; the others never saw them.
+            window = trace[rows_t if rows_t is not None else slice(None), checked:t + 1]
+            base0 = init if rows_t is None else init[rows_t]
+            limit = (base0 + cfg.divergence_ratio * (base0.abs() + 1.0)).unsqueeze(1)
+            bad = ~torch.isfinite(window) | (window > limit)
+            any_bad = bad.any(dim=1)
+            if bool(any_bad.any()):
+                first = bad.to(torch.int8).argmax(dim=1).cpu().numpy()
+                flags = any_bad.cpu().numpy()
+                keep = [i for i, f in enumerate(flags) if not f]
+                for i in np.flatnonzero(flags):
+                    first_bad[rows[i]] = checked + int(first[i])
+                if not keep:
+                    rows = []
+                    break
+                keep_t = torch.as_tensor(keep, device=dev)
+                flat, grad, loss = flat[keep_t], grad[keep_t], loss[keep_t]
+                rows = [rows[i] for i in keep]
+                rows_t = torch.as_tensor(rows, device=dev)
+                gens = [gens[i] for i in keep]
+                strs = [strs[i] for i in keep]
                 batch = None
+            checked = t + 1
         if t == total - 1:
             break
         with torch.no_grad():
             noise = torch.empty_like(flat)
             for row, g in zip(noise, gens):
-                torch.randn(row.shape, generator=g, device=flat.device, dtype=flat.dtype, out=row)
+                torch.randn(row.shape, generator=g, device=dev, dtype=flat.dtype, out=row)
             offset = flat - flat0
             drift = grad.to(flat.dtype).mul_(nbeta).add_(offset, alpha=gamma)
-            want_mala = cfg.mala and is_draw and batch is not None
+            want_mala = mala_acc is not None and is_draw and batch is not None
             if want_mala:
                 u_old = nbeta * loss.double() + 0.5 * gamma * offset.double().pow(2).sum(dim=1)
             flat.add_(drift, alpha=-0.5 * eps).add_(noise, alpha=sqrt_eps)
         if want_mala:
-            _mala(stepper, batch, flat, flat0, drift, noise, u_old, nbeta=nbeta, eps=eps, gamma=gamma,
-                  out=[records.mala_accept[c] for c in active])
+            acc = _mala(stepper, batch, flat, flat0, drift, noise, u_old, nbeta=nbeta, eps=eps, gamma=gamma)
+            if rows_t is None:
+                mala_acc[:, draw] = acc
+            else:
+                mala_acc[:, draw].index_copy_(0, rows_t, acc)
+    _record(records, chains=chains, cfg=cfg, trace=trace, first_bad=first_bad, mala_acc=mala_acc)
+    if paired:
+        _record_baselines(records, stepper=stepper, source=source, chains=chains, first_bad=first_bad,
+                          draws_seen=draws_seen)
+
+
+def _record(records: ChainRecords, *, chains: list[int], cfg: SGLDConfig, trace: torch.Tensor,
+            first_bad: np.ndarray, mala_acc: torch.Tensor | None) -> None:
+    """Copy a group's device trace into records (one transfer), NaN from each divergent step on."""
+    total = cfg.num_steps
+    tr = trace.double().cpu().numpy()
+    steps = cfg.num_burnin + np.arange(cfg.num_draws) * cfg.steps_between_draws
+    acc = mala_acc.cpu().numpy() if mala_acc is not None else None
+    for i, c in enumerate(chains):
+        s = int(first_bad[i])
+        records.init_loss[c] = tr[i, 0]
+        loss = tr[i, steps]
+        loss[steps >= s] = np.nan
+        records.loss[c] = loss
+        records.chain_steps += min(s + 1, total)
+        if s < total:
+            records.diverged[c] = True
+            records.diverged_at_step[c] = s
+        if acc is not None:
+            # MALA runs after the update of draw steps before the last, while the chain is alive.
+            # (NaN: skipped, at a check that dropped chains.)
+            ok = (steps < s) & (steps < total - 1) & np.isfinite(acc[i])
+            records.mala_accept[c].extend(float(a) for a in acc[i, ok])
+
+
+def _record_baselines(records: ChainRecords, *, stepper: Any, source: BatchSource, chains: list[int],
+                      first_bad: np.ndarray, draws_seen: list[tuple[int, int, list[int], torch.Tensor]]) -> None:
+    """Paired baselines L_m(w*) on each recorded draw's batch, for draws up to a chain's divergence."""
+    where: list[tuple[int, int]] = []
+    idx: list[torch.Tensor] = []
+    for t, draw, rows, batch_idx in draws_seen:
+        for j, i in enumerate(rows):
+            if t <= first_bad[i]:
+                where.append((chains[i], draw))
+                idx.append(batch_idx[j])
+    if not idx:
+        return
+    base = stepper.star_losses(source, torch.stack(idx), chunk=16 * len(chains)).double().cpu().numpy()
+    for (c, d), b in zip(where, base):
+        records.baseline[c, d] = b
 
 
 def _mala(stepper: Any, batch: Any, flat: torch.Tensor, flat0: torch.Tensor, drift_old: torch.Tensor,
-          noise: torch.Tensor, u_old: torch.Tensor, *, nbeta: float, eps: float, gamma: float,
-          out: list[list[float]]) -> None:
-    """Metropolis acceptance probability of the step just taken, on the same minibatch."""
-    loss_new, grad_new, _ = stepper.loss_and_grad(flat, batch)
+          noise: torch.Tensor, u_old: torch.Tensor, *, nbeta: float, eps: float, gamma: float) -> torch.Tensor:
+    """Metropolis acceptance probability of the step just taken, on the same minibatch (on the device)."""
+    loss_new, grad_new = stepper.loss_and_grad(flat, batch)
     with torch.no_grad():
         offset = flat - flat0
         u_new = nbeta * loss_new.double() + 0.5 * gamma * offset.double().pow(2).sum(dim=1)
@@ -121,6 +196,4 @@ def _mala(stepper: Any, batch: Any, flat: torch.Tensor, flat0: torch.Tensor, dri
         log_q_rev = -resid.double().pow(2).sum(dim=1) / (2 * eps)
         log_q_fwd = -0.5 * noise.double().pow(2).sum(dim=1)
         log_alpha = (u_old - u_new + log_q_rev - log_q_fwd).clamp(max=0.0)
-        accept = torch.exp(log_alpha).nan_to_num(0.0).cpu().tolist()
-    for lst, a in zip(out, accept):
-        lst.append(float(a))
+        return torch.exp(log_alpha).nan_to_num(0.0)

@@ -18,7 +18,16 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+
+try:  # torch.func.vmap's own building blocks, minus its per-call pytree handling of in/out dims
+    from torch._functorch import vmap as _functorch_vmap
+
+    _LEAN_VMAP = all(hasattr(_functorch_vmap, name) for name in (
+        "_add_batch_dim", "_remove_batch_dim", "_vmap_increment_nesting", "_vmap_decrement_nesting",
+        "lazy_load_decompositions"))
+except ImportError:  # pragma: no cover - other torch versions fall back to torch.func.vmap
+    _LEAN_VMAP = False
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 
@@ -103,8 +112,6 @@ class _Stepper:
                 return self.module(batch)
             return functional_call(self.module, self._star_full, (batch,), tie_weights=False)
 
-    def _loss_pair(self, params: dict[str, torch.Tensor], batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._call(params, batch), self._call_star(batch)
 
 
 class VectorizedStepper(_Stepper):
@@ -115,21 +122,46 @@ class VectorizedStepper(_Stepper):
     def batch(self, source: Any, idx: torch.Tensor) -> Any:
         return source.gather(idx)                     # (G, B, ...)
 
-    def loss_and_grad(self, flat: torch.Tensor, batch: Any, *, baseline: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Loss and gradient at each row of flat; with baseline, also L_m(w*) on the same batch."""
+    def _vmap_loss(self, x: torch.Tensor, batch: Any) -> torch.Tensor:
+        """vmap(lambda row, b: loss at row on b)(x, batch), both batched along dim 0.
+
+        Equivalent to torch.func.vmap(..., in_dims=(0, 0)) with randomness="error"; calls its
+        building blocks directly, skipping the pytree work on in_dims/out_dims per call.
+        """
+        if not _LEAN_VMAP:
+            return vmap(self._call, in_dims=(0, 0))(self.layout.split(x), batch)
+        size = x.shape[0]
+        leaves, spec = tree_flatten(batch)
+        if not all(isinstance(t, torch.Tensor) and t.ndim >= 1 and t.shape[0] == size for t in leaves):
+            return vmap(self._call, in_dims=(0, 0))(self.layout.split(x), batch)
+        fv = _functorch_vmap
+        fv.lazy_load_decompositions()
+        level = fv._vmap_increment_nesting(size, "error")
+        try:
+            row = fv._add_batch_dim(x, 0, level)
+            b = tree_unflatten([fv._add_batch_dim(t, 0, level) for t in leaves], spec)
+            out = self._call(self.layout.split(row), b)
+            if not isinstance(out, torch.Tensor):
+                raise ValueError(f"loss_fn must return a tensor, got {type(out).__name__}")
+            return fv._remove_batch_dim(out, level, size, 0)
+        finally:
+            fv._vmap_decrement_nesting()
+
+    def loss_and_grad(self, flat: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss and gradient at each row of flat."""
         x = flat.detach().requires_grad_(True)
-        base = None
         with torch.enable_grad():
-            if baseline:
-                losses, base = vmap(self._loss_pair, in_dims=(0, 0))(self.layout.split(x), batch)
-                base = base.detach().float()
-            else:
-                losses = vmap(self._call, in_dims=(0, 0))(self.layout.split(x), batch)
+            losses = self._vmap_loss(x, batch)
             if losses.shape != (flat.shape[0],):
                 raise RuntimeError(f"vmapped loss has shape {tuple(losses.shape)}, expected ({flat.shape[0]},)")
             (grad,) = torch.autograd.grad(losses.float().sum(), x)
-        return losses.detach().float(), grad, base
+        return losses.detach().float(), grad
+
+    def star_losses(self, source: Any, idx: torch.Tensor, *, chunk: int) -> torch.Tensor:
+        """L_m(w*) on each row of idx (K, B): one vmapped no-grad forward per `chunk` batches."""
+        star = vmap(self._call_star, in_dims=(0,))
+        return torch.cat([star(source.gather(idx[i:i + chunk])).detach().float()
+                          for i in range(0, idx.shape[0], chunk)])
 
 
 class SequentialStepper(_Stepper):
@@ -140,17 +172,19 @@ class SequentialStepper(_Stepper):
     def batch(self, source: Any, idx: torch.Tensor) -> Any:
         return source.gather(idx[0])                  # (B, ...)
 
-    def loss_and_grad(self, flat: torch.Tensor, batch: Any, *, baseline: bool = False
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def loss_and_grad(self, flat: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x = flat[0].detach().requires_grad_(True)
         with torch.enable_grad():
             loss = self._call(self.layout.split(x), batch)
             (grad,) = torch.autograd.grad(loss.float(), x)
-        base = self.loss_at_star(batch) if baseline else None
-        return loss.detach().float().reshape(1), grad.unsqueeze(0), base
+        return loss.detach().float().reshape(1), grad.unsqueeze(0)
 
     def loss_at_star(self, batch: Any) -> torch.Tensor:
         return self._call_star(batch).detach().float().reshape(1)
+
+    def star_losses(self, source: Any, idx: torch.Tensor, *, chunk: int) -> torch.Tensor:
+        """L_m(w*) on each row of idx (K, B), one plain forward per batch."""
+        return torch.cat([self.loss_at_star(source.gather(row)) for row in idx])
 
 
 def to_device(tree: Any, device: torch.device) -> Any:

@@ -76,10 +76,19 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
     draws_seen: list[tuple[int, int, list[int], torch.Tensor]] = []   # (step, draw, rows, idx) for paired
     init: torch.Tensor | None = None
     checked = 0
-    steps_done = np.zeros(group, dtype=np.int64)
+    to_device = source.indexes_on_device and dev.type != "cpu"
     for t in range(total):
-        idx = torch.stack([s.next() for s in strs])
-        batch = stepper.batch(source, idx)
+        if t == checked:
+            # The batch indices of the window up to the next check, all chains, one transfer
+            # (a pageable host-to-device copy per step would wait for the device every step).
+            span = min(_CHECK_EVERY, total - t)
+            block_cpu = torch.stack([torch.stack([s.next() for s in strs]) for _ in range(span)])
+            if to_device:
+                block = (block_cpu.pin_memory() if dev.type == "cuda" else block_cpu).to(dev, non_blocking=True)
+            else:
+                block = block_cpu
+        idx = block_cpu[t - checked]
+        batch = stepper.batch(source, block[t - checked])
         draw, rem = divmod(t - cfg.num_burnin, cfg.steps_between_draws)
         is_draw = draw >= 0 and rem == 0
         # A non-finite gradient shows up as a non-finite loss one step later.

@@ -72,11 +72,19 @@ class BatchSource:
         if _all_tensors(first) and n <= expected_items and _nbytes(first) * n <= _MATERIALIZE_MAX_BYTES:
             self._table = tree_map(lambda t: t.to(device), default_collate([dataset[i] for i in range(n)]))
 
+    @property
+    def indexes_on_device(self) -> bool:
+        """Whether gather indexes a table on the device (so indices may live there too)."""
+        return self._table is not None
+
     def gather(self, idx: torch.Tensor) -> Any:
         """Items at idx (any shape) collated with the index shape as leading dims."""
         if self._table is not None:
             flat = idx.to(self._device) if idx.device != self._device else idx
-            return tree_map(lambda t: t[flat], self._table)
+            lead = tuple(flat.shape)
+            flat = flat.reshape(-1)
+            # index_select: the same rows as t[idx], about twice as fast as advanced indexing.
+            return tree_map(lambda t: torch.index_select(t, 0, flat).view(lead + tuple(t.shape[1:])), self._table)
         shape = tuple(idx.shape)
         batch = default_collate([self._dataset[i] for i in idx.reshape(-1).tolist()])
         return tree_map(lambda t: t.reshape(shape + tuple(t.shape[1:])).to(self._device)

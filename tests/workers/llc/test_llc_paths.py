@@ -77,6 +77,14 @@ def test_divergence_is_flagged_per_chain_without_poisoning_the_others() -> None:
     seq = estimate_llc(model, _walker_loss, data, config=SGLDConfig(**{**cfg.__dict__, "vectorize": False}))
     assert seq.chain_diverged == vec.chain_diverged
     np.testing.assert_allclose(per_chain[~flags], np.array(seq.llc_per_chain)[~flags], rtol=1e-4)
+    # Divergence is checked every few steps, yet each trace is NaN from its own divergent draw
+    # on (the same draw on both paths) and kept before it.
+    np.testing.assert_allclose(vec.loss_trace, seq.loss_trace, rtol=1e-4)
+    np.testing.assert_allclose(vec.baseline_trace, seq.baseline_trace, rtol=1e-5)
+    for c in np.flatnonzero(flags):
+        bad = np.flatnonzero(np.isnan(vec.loss_trace[c]))
+        assert bad.size and (bad == np.arange(bad[0], cfg.num_draws)).all()
+        assert np.isfinite(vec.loss_trace[c, :bad[0]]).all()
 
 
 def test_huge_step_size_diverges_every_chain_and_reports_nan() -> None:

@@ -1,6 +1,6 @@
 """Benchmark: our LLC estimator vs devinterp 2.0.1 at equal work (not a test).
 
-    python benchmarks/estimator.py [--threads 1] [--skip-b]
+    python benchmarks/estimator.py [--threads 1] [--skip-b] [--repeat-a 3]
 
 Both sides run 4 chains x 200 draws (no burn-in) with the same eps, gamma, nbeta on
 (a) a 10->5 linear regression, n = 10,000, batch 256, and (b) a 2-layer GPT-2-style model
@@ -8,7 +8,8 @@ Both sides run 4 chains x 200 draws (no burn-in) with the same eps, gamma, nbeta
 here if missing) in a subprocess that re-runs this file with --devinterp-side; data and
 weights travel as safetensors files so both sides see identical inputs. The same process
 also times our sequential-chain path as the in-process baseline, and for (b) measures the
-fp32 matmul peak to report achieved FLOP/s as a fraction of it.
+fp32 matmul peak to report achieved FLOP/s as a fraction of it. (a) takes each side's best
+of --repeat-a runs (both sides alike), which damps noise from other jobs on shared cores.
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def nbeta_of(n: int) -> float:
 
 
 # ---------------------------------------------------------------- devinterp side
-def devinterp_side(problem: str, tmp: Path) -> dict:
+def devinterp_side(problem: str, tmp: Path, repeat: int = 1) -> dict:
     from safetensors.torch import load_file
 
     warnings.filterwarnings("ignore")
@@ -122,15 +123,19 @@ def devinterp_side(problem: str, tmp: Path) -> dict:
             draws[chain].append(float(loss.mean()))
 
         nb = nbeta_of(A["n"])
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            init = float(0.5 * ((model(x) - y) ** 2).sum(-1).mean())
-        for c in range(CHAINS):
-            sample_single_chain(model, DS(), evaluate, {k: None for k, _ in model.named_parameters()},
-                                num_draws=DRAWS, num_burnin_steps=0, sampling_method=SGLD,
-                                sampling_method_kwargs=dict(lr=A["eps"], localization=A["gamma"], nbeta=nb),
-                                chain=c, seed=c, dataloader_seed=c, callbacks=[on_draw], batch_size=A["batch"])
-        wall = time.perf_counter() - t0
+        walls = []
+        for _ in range(repeat):
+            draws = {c: [] for c in range(CHAINS)}
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                init = float(0.5 * ((model(x) - y) ** 2).sum(-1).mean())
+            for c in range(CHAINS):
+                sample_single_chain(model, DS(), evaluate, {k: None for k, _ in model.named_parameters()},
+                                    num_draws=DRAWS, num_burnin_steps=0, sampling_method=SGLD,
+                                    sampling_method_kwargs=dict(lr=A["eps"], localization=A["gamma"], nbeta=nb),
+                                    chain=c, seed=c, dataloader_seed=c, callbacks=[on_draw], batch_size=A["batch"])
+            walls.append(time.perf_counter() - t0)
+        wall = min(walls)
         per_chain = [nb * (sum(v) / len(v) - init) for v in draws.values()]
     else:
         from datasets import Dataset
@@ -159,9 +164,10 @@ def ensure_venv() -> Path:
     return py
 
 
-def run_devinterp(problem: str, tmp: Path, threads: int) -> dict:
+def run_devinterp(problem: str, tmp: Path, threads: int, repeat: int = 1) -> dict:
     py = ensure_venv()
-    proc = subprocess.run([str(py), __file__, "--devinterp-side", problem, "--tmp", str(tmp), "--threads", str(threads)],
+    proc = subprocess.run([str(py), __file__, "--devinterp-side", problem, "--tmp", str(tmp), "--threads", str(threads),
+                           "--repeat-a", str(repeat)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if proc.returncode != 0:
         raise RuntimeError(f"devinterp side failed:\n{proc.stderr[-3000:]}")
@@ -170,7 +176,7 @@ def run_devinterp(problem: str, tmp: Path, threads: int) -> dict:
 
 # ---------------------------------------------------------------- our side
 def ours(problem: str, tmp: Path, *, vectorize: bool | None, baseline: str | int,
-         draws: int = DRAWS) -> tuple[float, object]:
+         draws: int = DRAWS, repeat: int = 1) -> tuple[float, object]:
     from safetensors.torch import load_file
 
     from workers.llc import SGLDConfig, estimate_llc
@@ -193,9 +199,12 @@ def ours(problem: str, tmp: Path, *, vectorize: bool | None, baseline: str | int
         p = B
     cfg = SGLDConfig(epsilon=p["eps"], gamma=p["gamma"], nbeta=nbeta_of(p["n"]), num_chains=CHAINS, num_draws=draws,
                      num_burnin=0, batch_size=p["batch"], seed=0, baseline=baseline, vectorize=vectorize)
-    t0 = time.perf_counter()
-    res = estimate_llc(model, loss_fn, data, config=cfg)
-    return time.perf_counter() - t0, res
+    walls = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        res = estimate_llc(model, loss_fn, data, config=cfg)
+        walls.append(time.perf_counter() - t0)
+    return min(walls), res
 
 
 def matmul_peak(threads: int) -> float:
@@ -230,25 +239,27 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads, both sides")
     ap.add_argument("--skip-b", action="store_true")
+    ap.add_argument("--repeat-a", type=int, default=3, help="(a): best of this many runs, both sides")
     ap.add_argument("--devinterp-side", choices=["a", "b"])
     ap.add_argument("--tmp")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.devinterp_side:
-        print(json.dumps(devinterp_side(args.devinterp_side, Path(args.tmp))))
+        print(json.dumps(devinterp_side(args.devinterp_side, Path(args.tmp), repeat=args.repeat_a)))
         return
     sys.path.insert(0, str(ROOT))
     tmp = Path(tempfile.mkdtemp(prefix="llc-bench-"))
     make_inputs(tmp)
     problems = ["a"] if args.skip_b else ["a", "b"]
-    print(f"threads={args.threads}  chains={CHAINS} draws={DRAWS} burn-in=0")
+    print(f"threads={args.threads}  chains={CHAINS} draws={DRAWS} burn-in=0  (a): best of {args.repeat_a} runs per side")
     for prob in problems:
         ours(prob, tmp, vectorize=None, baseline="paired", draws=5)  # warm-up (lazy imports, allocator)
-        di = run_devinterp(prob, tmp, args.threads)
+        rep = args.repeat_a if prob == "a" else 1
+        di = run_devinterp(prob, tmp, args.threads, repeat=rep)
         comparable = "full" if prob == "a" else 32                 # devinterp's init loss: full data (a) / 32 batches (b)
-        t_vec, r_vec = ours(prob, tmp, vectorize=None, baseline="paired")
-        t_cmp, r_cmp = ours(prob, tmp, vectorize=None, baseline=comparable)
-        t_seq, r_seq = ours(prob, tmp, vectorize=False, baseline="paired")
+        t_vec, r_vec = ours(prob, tmp, vectorize=None, baseline="paired", repeat=rep)
+        t_cmp, r_cmp = ours(prob, tmp, vectorize=None, baseline=comparable, repeat=rep)
+        t_seq, r_seq = ours(prob, tmp, vectorize=False, baseline="paired", repeat=rep)
         se = math.hypot(di["llc_std"], r_cmp.llc_std) / math.sqrt(CHAINS)
         label = "(a) linear regression 10->5, n=10k, batch 256" if prob == "a" else \
             "(b) GPT-2 2 layers d64 ctx64, batch 32"

@@ -73,7 +73,7 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
     trace = torch.full((group, total), float("nan"), device=dev, dtype=torch.float32)
     first_bad = np.full(group, total, dtype=np.int64)   # first divergent step per row (total: none)
     mala_acc = torch.full((group, cfg.num_draws), float("nan"), device=dev, dtype=torch.float64) if cfg.mala else None
-    draws_seen: list[tuple[int, int, list[int], torch.Tensor]] = []   # (step, draw, rows, idx) for paired
+    baselines = _PairedBaselines(stepper, source, chains, chunk=16 * group) if paired else None
     init: torch.Tensor | None = None
     checked = 0
     to_device = source.indexes_on_device and dev.type != "cpu"
@@ -99,8 +99,8 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
             trace[:, t].index_copy_(0, rows_t, loss)
         if t == 0:
             init = loss.detach().clone()
-        if paired and is_draw:
-            draws_seen.append((t, draw, rows, idx))
+        if baselines is not None and is_draw:
+            baselines.add(t, draw, rows, idx)
         progress(len(rows))
         if t + 1 - checked >= _CHECK_EVERY or t == total - 1:
             # Chains past their first bad step stop here; the others never saw them.
@@ -126,6 +126,8 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
                 strs = [strs[i] for i in keep]
                 batch = None
             checked = t + 1
+            if baselines is not None:
+                baselines.flush(first_bad)
         if t == total - 1:
             break
         with torch.no_grad():
@@ -145,9 +147,8 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
             else:
                 mala_acc[:, draw].index_copy_(0, rows_t, acc)
     _record(records, chains=chains, cfg=cfg, trace=trace, first_bad=first_bad, mala_acc=mala_acc)
-    if paired:
-        _record_baselines(records, stepper=stepper, source=source, chains=chains, first_bad=first_bad,
-                          draws_seen=draws_seen)
+    if baselines is not None:
+        baselines.finish(records, first_bad)
 
 
 def _record(records: ChainRecords, *, chains: list[int], cfg: SGLDConfig, trace: torch.Tensor,
@@ -174,21 +175,46 @@ def _record(records: ChainRecords, *, chains: list[int], cfg: SGLDConfig, trace:
             records.mala_accept[c].extend(float(a) for a in acc[i, ok])
 
 
-def _record_baselines(records: ChainRecords, *, stepper: Any, source: BatchSource, chains: list[int],
-                      first_bad: np.ndarray, draws_seen: list[tuple[int, int, list[int], torch.Tensor]]) -> None:
-    """Paired baselines L_m(w*) on each recorded draw's batch, for draws up to a chain's divergence."""
-    where: list[tuple[int, int]] = []
-    idx: list[torch.Tensor] = []
-    for t, draw, rows, batch_idx in draws_seen:
-        for j, i in enumerate(rows):
-            if t <= first_bad[i]:
-                where.append((chains[i], draw))
-                idx.append(batch_idx[j])
-    if not idx:
-        return
-    base = stepper.star_losses(source, torch.stack(idx), chunk=16 * len(chains)).double().cpu().numpy()
-    for (c, d), b in zip(where, base):
-        records.baseline[c, d] = b
+class _PairedBaselines:
+    """Paired baselines L_m(w*) on each draw's batch, computed many batches per stepper call.
+
+    Draws are queued as batch indices and evaluated at divergence checks once a chunk has
+    gathered (so memory stays bounded), for draws up to each chain's divergent step; the
+    values stay on the device until finish.
+    """
+
+    def __init__(self, stepper: Any, source: BatchSource, chains: list[int], *, chunk: int) -> None:
+        self._stepper, self._source, self._chains, self._chunk = stepper, source, chains, chunk
+        self._queue: list[tuple[int, int, list[int], torch.Tensor]] = []   # (step, draw, rows, idx)
+        self._queued = 0
+        self._where: list[tuple[int, int]] = []
+        self._values: list[torch.Tensor] = []
+
+    def add(self, step: int, draw: int, rows: list[int], idx: torch.Tensor) -> None:
+        self._queue.append((step, draw, rows, idx))
+        self._queued += len(rows)
+
+    def flush(self, first_bad: np.ndarray, *, force: bool = False) -> None:
+        """Evaluate the queue (all its steps were checked for divergence: first_bad is final)."""
+        if not self._queue or (self._queued < self._chunk and not force):
+            return
+        idx: list[torch.Tensor] = []
+        for t, draw, rows, batch_idx in self._queue:
+            for j, i in enumerate(rows):
+                if t <= first_bad[i]:
+                    self._where.append((self._chains[i], draw))
+                    idx.append(batch_idx[j])
+        self._queue, self._queued = [], 0
+        if idx:
+            self._values.append(self._stepper.star_losses(self._source, torch.stack(idx), chunk=self._chunk))
+
+    def finish(self, records: ChainRecords, first_bad: np.ndarray) -> None:
+        self.flush(first_bad, force=True)
+        if not self._values:
+            return
+        values = torch.cat(self._values).double().cpu().numpy()
+        for (c, d), b in zip(self._where, values):
+            records.baseline[c, d] = b
 
 
 def _mala(stepper: Any, batch: Any, flat: torch.Tensor, flat0: torch.Tensor, drift_old: torch.Tensor,

@@ -3,7 +3,9 @@
 w <- w - (eps/2) (nbeta grad L_m(w) + gamma (w - w*)) + N(0, eps I). Chain c's batches
 and noise come from its own generators, so a chain's trajectory does not depend on which
 other chains share its group. A chain whose loss turns non-finite or blows up is
-dropped from the group at that step (its draws so far are kept, marked diverged).
+dropped from the group at the next divergence check (every _CHECK_EVERY steps; one host
+sync each): its draws before the divergent step are kept, later ones discarded, and it is
+marked diverged at that step, exactly as if it had been dropped there.
 """
 from __future__ import annotations
 

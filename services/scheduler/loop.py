@@ -111,6 +111,9 @@ class Scheduler:
         self._resources: dict[int, dict[str, Any]] = {}
         self._gpus: bool | None = None
         self._stop = threading.Event()
+        self._claimed_once = False
+        self._renew_every = self._check_every = 1.0
+        self._next_renew = self._next_check = 0.0
         #: claim once this many slots are free: half the window, so half of it stays queued in Ray
         self._claim_batch = max(1, options.max_in_flight // 2)
 
@@ -129,29 +132,27 @@ class Scheduler:
             self.report.released_orphans = repo.release_expired_leases(s, max_attempts=opts.max_attempts)
         if self.report.released_orphans:
             log.info("returned %d orphaned job(s) of a dead scheduler to pending", self.report.released_orphans)
-        renew_every = max(0.2, opts.lease_seconds / 3)
-        check_every = min(1.0, renew_every)
-        next_renew = next_check = time.monotonic() + min(renew_every, check_every)
-        claimed_once = False
+        self._renew_every = renew_every = max(0.2, opts.lease_seconds / 3)
+        self._check_every = min(1.0, renew_every)
+        self._next_renew = self._next_check = time.monotonic() + min(renew_every, self._check_every)
+        self._claimed_once = False
         try:
             while not self._stop.is_set():
                 t0 = time.perf_counter()
+                # Cancellation checks and lease renewals ride along with result writes when results
+                # arrive often; on their own only when none came for a while.
                 now = time.monotonic()
-                if now >= next_check:
+                if now >= self._next_check:
                     self._check_cancelled()
-                    next_check = now + check_every
-                if now >= next_renew:
+                if now >= self._next_renew:
                     self._renew()
-                    next_renew = now + renew_every
-                if not (opts.once and claimed_once):
+                if self._may_claim():
                     free = opts.max_in_flight - len(self._inflight)
                     # Claim in batches so each store round trip serves several jobs, early enough that the
                     # tasks still queued in Ray keep its CPUs busy while the driver claims and writes.
                     if free > 0 and (free >= self._claim_batch or not self._inflight):
-                        if self._claim_and_submit(free):
-                            claimed_once = True
-                        elif opts.once:
-                            claimed_once = True
+                        if self._claim_and_submit(free) or opts.once:
+                            self._claimed_once = True
                 busy += time.perf_counter() - t0
                 if self._inflight:
                     refs = list(self._inflight)
@@ -162,7 +163,7 @@ class Scheduler:
                     self._handle(ready)
                     busy += time.perf_counter() - t1
                     continue
-                if opts.once and claimed_once:
+                if opts.once and self._claimed_once:
                     break
                 if opts.until_idle:
                     t1 = time.perf_counter()
@@ -182,18 +183,29 @@ class Scheduler:
         return self.report
 
     # ------------------------------------------------------------------ steps
+    def _may_claim(self) -> bool:
+        return not (self.options.once and self._claimed_once) and not self._stop.is_set()
+
     def _claim_and_submit(self, limit: int) -> int:
-        opts = self.options
         with session_scope(self._url) as s:
-            jobs = claims.claim(s, owner=self.owner, limit=limit, lease_seconds=opts.lease_seconds, sweep_id=opts.sweep_id)
-            if not jobs:
-                return 0
-            sweep_map = claims.sweeps_of(s, [j.id for j in jobs])
-            rows = [(j.id, j.key, dict(j.spec), dict(j.hyperparameters), int(j.seed), j.mlflow_run_id) for j in jobs]
-            for sweep_ids in sweep_map.values():
-                for sid in sweep_ids:
-                    if sid not in self._resources:
-                        self._resources[sid] = claims.sweep_resources(s, sweep_id=sid)
+            claimed = self._claim(s, limit)
+        return self._submit(*claimed)
+
+    def _claim(self, s: Any, limit: int) -> tuple[list[tuple[Any, ...]], dict[int, list[int]]]:
+        """Claim up to `limit` jobs in the caller's transaction; submit them once it commits."""
+        opts = self.options
+        jobs = claims.claim(s, owner=self.owner, limit=limit, lease_seconds=opts.lease_seconds, sweep_id=opts.sweep_id)
+        if not jobs:
+            return [], {}
+        sweep_map = claims.sweeps_of(s, [j.id for j in jobs])
+        rows = [(j.id, j.key, dict(j.spec), dict(j.hyperparameters), int(j.seed), j.mlflow_run_id) for j in jobs]
+        for sweep_ids in sweep_map.values():
+            for sid in sweep_ids:
+                if sid not in self._resources:
+                    self._resources[sid] = claims.sweep_resources(s, sweep_id=sid)
+        return rows, sweep_map
+
+    def _submit(self, rows: list[tuple[Any, ...]], sweep_map: dict[int, list[int]]) -> int:
         for job_id, key, spec_json, hyper, seed, run_id in rows:
             sweep_ids = tuple(sweep_map.get(job_id, ()))
             try:
@@ -252,6 +264,19 @@ class Scheduler:
             stored = [(f, r) for f, r in done if f.job_id in stored_ids]
             lost = [(f, outcome.refused[f.job_id]) for f, _ in done if f.job_id not in stored_ids]
             finished = claims.finished_sweeps(s, sorted({sid for f, _ in stored for sid in f.sweep_ids}))
+            # Refill the window in the same transaction (one connection checkout and commit, not two).
+            free = self.options.max_in_flight - len(self._inflight)
+            may = self._may_claim() and free >= self._claim_batch
+            refill = self._claim(s, free) if may else ([], {})
+            now = time.monotonic()
+            current = self._statuses(s) if now >= self._next_check else None
+            if now >= self._next_renew:
+                self._renew(s)
+        if current:
+            self._check_cancelled(current)
+        if refill[0]:
+            self._claimed_once = True
+            self._submit(*refill)
         for flight, reason in lost:
             self.report.lost_lease += 1
             log.warning("dropping the result of job %s: %s", flight.job_id, reason)
@@ -296,21 +321,36 @@ class Scheduler:
                 self.report.finished_sweeps.append(sid)
                 self._followup.sweep_done(sid)
 
-    def _renew(self) -> None:
+    def _renew(self, s: Any | None = None) -> None:
+        """One UPDATE extends the leases of every in-flight job (in `s`'s transaction when given)."""
+        self._next_renew = time.monotonic() + self._renew_every
         if not self._inflight:
             return
         ids = [f.job_id for f in self._inflight.values()]
-        with session_scope(self._url) as s:
+        if s is None:
+            with session_scope(self._url) as s:
+                held = repo.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
+        else:
             held = repo.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
         if held < len(ids):
             log.warning("%d of %d leases were lost (expired or cancelled)", len(ids) - held, len(ids))
 
-    def _check_cancelled(self) -> None:
-        """Cancel the Ray tasks of jobs that `llc cancel` (or another scheduler) took away."""
+    def _statuses(self, s: Any | None = None) -> dict[int, str]:
+        self._next_check = time.monotonic() + self._check_every
         if not self._inflight:
+            return {}
+        ids = [f.job_id for f in self._inflight.values()]
+        if s is None:
+            with session_scope(self._url) as s:
+                return claims.statuses(s, ids)
+        return claims.statuses(s, ids)
+
+    def _check_cancelled(self, current: dict[int, str] | None = None) -> None:
+        """Cancel the Ray tasks of jobs that `llc cancel` (or another scheduler) took away."""
+        if current is None:
+            current = self._statuses()
+        if not current:
             return
-        with session_scope(self._url) as s:
-            current = claims.statuses(s, [f.job_id for f in self._inflight.values()])
         for ref, flight in list(self._inflight.items()):
             if current.get(flight.job_id) == JobStatus.CANCELLED:
                 ray.cancel(ref, force=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils._pytree import tree_map
 
 from .config import SGLDConfig
 from .data import BatchSource, IndexStream
@@ -126,7 +127,8 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
                 rows_t = torch.as_tensor(rows, device=dev)
                 gens = [gens[i] for i in keep]
                 strs = [strs[i] for i in keep]
-                batch = None
+                if stepper.path == "vectorized":       # (G, B, ...) -> the kept chains' batches
+                    batch = tree_map(lambda v: v[keep_t] if isinstance(v, torch.Tensor) else v, batch)
             checked = t + 1
             if baselines is not None:
                 baselines.flush(first_bad)
@@ -138,7 +140,7 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
                 torch.randn(row.shape, generator=g, device=dev, dtype=flat.dtype, out=row)
             offset = flat - flat0
             drift = grad.to(flat.dtype).mul_(nbeta).add_(offset, alpha=gamma)
-            want_mala = mala_acc is not None and is_draw and batch is not None
+            want_mala = mala_acc is not None and is_draw
             if want_mala:
                 u_old = nbeta * loss.double() + 0.5 * gamma * offset.double().pow(2).sum(dim=1)
             flat.add_(drift, alpha=-0.5 * eps).add_(noise, alpha=sqrt_eps)
@@ -160,6 +162,8 @@ def _record(records: ChainRecords, *, chains: list[int], cfg: SGLDConfig, trace:
     tr = trace.double().cpu().numpy()
     steps = cfg.num_burnin + np.arange(cfg.num_draws) * cfg.steps_between_draws
     acc = mala_acc.cpu().numpy() if mala_acc is not None else None
+    # As when chains were dropped at their divergent step: no MALA at a step where a chain of the group diverged.
+    div_steps = np.isin(steps, first_bad[first_bad < total])
     for i, c in enumerate(chains):
         s = int(first_bad[i])
         records.init_loss[c] = tr[i, 0]
@@ -172,8 +176,7 @@ def _record(records: ChainRecords, *, chains: list[int], cfg: SGLDConfig, trace:
             records.diverged_at_step[c] = s
         if acc is not None:
             # MALA runs after the update of draw steps before the last, while the chain is alive.
-            # (NaN: skipped, at a check that dropped chains.)
-            ok = (steps < s) & (steps < total - 1) & np.isfinite(acc[i])
+            ok = (steps < s) & (steps < total - 1) & ~div_steps
             records.mala_accept[c].extend(float(a) for a in acc[i, ok])
 
 

@@ -113,7 +113,6 @@ class _Stepper:
             return functional_call(self.module, self._star_full, (batch,), tie_weights=False)
 
 
-
 class VectorizedStepper(_Stepper):
     """All chains of a group in one vmapped forward/backward."""
 

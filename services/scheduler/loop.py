@@ -31,6 +31,9 @@ from services.sweeps.expand import spec_from_dict
 
 log = logging.getLogger(__name__)
 
+#: longest a result fetched from Ray waits for the next batched write
+WRITE_DELAY_S = 0.5
+
 #: Ray errors meaning the worker or node was lost (not the job's own fault): retried.
 SYSTEM_ERRORS: tuple[type[BaseException], ...] = tuple(
     e for e in (getattr(rex, n, None) for n in ("WorkerCrashedError", "NodeDiedError", "ObjectLostError",
@@ -112,6 +115,8 @@ class Scheduler:
         self._gpus: bool | None = None
         self._stop = threading.Event()
         self._claimed_once = False
+        self._unwritten: list[tuple[_Flight, dict[str, Any]]] = []   # results fetched from Ray, not yet stored
+        self._unwritten_since = 0.0
         self._renew_every = self._check_every = 1.0
         self._next_renew = self._next_check = 0.0
         #: claim once this many slots are free: half the window, so half of it stays queued in Ray
@@ -254,6 +259,19 @@ class Scheduler:
             except rex.RayTaskError as exc:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
                 self._fail(flight.job_id, flight.sweep_ids, flight.step, _one_line(cause), retry=False)
+        if done:
+            if not self._unwritten:
+                self._unwritten_since = time.monotonic()
+            self._unwritten.extend(done)
+        # Results wait (at most WRITE_DELAY_S) until the window needs a refill, so one transaction
+        # writes a batch of them and claims the next batch: Ray runs the queued tasks meanwhile.
+        free = self.options.max_in_flight - len(self._inflight)
+        if self._unwritten and (free >= self._claim_batch or not self._inflight or self._stop.is_set()
+                                or time.monotonic() - self._unwritten_since >= WRITE_DELAY_S):
+            self._write()
+
+    def _write(self) -> None:
+        done, self._unwritten = self._unwritten, []
         if not done:
             return
         # One transaction for the batch: one locking read, one multi-row insert, one sweep refresh.
@@ -364,7 +382,12 @@ class Scheduler:
                                     llc_mean=llc_mean, error=error))
 
     def _shutdown(self) -> None:
-        """Graceful exit: cancel our tasks, hand our jobs back to pending, finish MLflow/aggregation."""
+        """Graceful exit: store fetched results, cancel our tasks, hand our jobs back to pending,
+        finish MLflow/aggregation."""
+        try:
+            self._write()
+        except Exception as exc:
+            log.warning("could not store %d fetched result(s) (%s); their jobs will run again", len(self._unwritten), exc)
         for ref in list(self._inflight):
             ray.cancel(ref, force=True)
         self._inflight.clear()

@@ -239,7 +239,7 @@ class Scheduler:
         return opts
 
     def _handle(self, refs: list[ray.ObjectRef]) -> None:
-        """Results of a batch of finished tasks: errors one by one, results in one transaction."""
+        """Fetch a batch of finished tasks: errors recorded one by one, results buffered for `_write`."""
         done: list[tuple[_Flight, dict[str, Any]]] = []
         flights = [self._inflight.pop(ref) for ref in refs]
         try:

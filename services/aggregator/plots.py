@@ -41,8 +41,9 @@ def _shade_stages(ax, detection: StageDetection, *, labels: bool = True) -> None
             continue
         mid = np.sqrt((stage.start_step + 1.0) * (stage.end_step + 1.0)) - 1.0
         text = f"S{stage.index + 1}: {'type ' + stage.kind if stage.kind in STAGE_COLORS else 'other'}"
-        ax.text(mid, 0.97, text, transform=ax.get_xaxis_transform(), ha="center", va="top", fontsize=9,
-                color=color, fontweight="bold")
+        # Just above the axes: inside them, the curves (and a twin loss axis) would cross the label.
+        ax.text(mid, 1.01, text, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=9,
+                color=color, fontweight="bold", clip_on=False)
     for step in detection.boundary_steps:
         ax.axvline(step, color="k", ls=":", lw=1)
 
@@ -71,7 +72,7 @@ def plot_setting(path: Path, *, curve: SettingCurve, detection: StageDetection |
         _shade_stages(ax, detection)
     ax.set_ylabel("λ̂ (local learning coefficient)", color="C0")
     ax.set_xlabel("training step (symlog)")
-    ax.set_title(title)
+    ax.set_title(title, pad=18)
     handles, labels = ax.get_legend_handles_labels()
     if losses:
         ax2 = ax.twinx()
@@ -102,7 +103,7 @@ def plot_overview(path: Path, *, curves: Sequence[SettingCurve], detection: Stag
         _shade_stages(ax, detection)
         _shade_stages(ax_loss, detection, labels=False)
     ax.set_ylabel("λ̂")
-    ax.set_title(title)
+    ax.set_title(title, pad=18)
     ax.legend(loc="lower left", fontsize=8, framealpha=0.8)
     _draw_losses(ax_loss, losses)
     ax_loss.set_ylabel("loss")

@@ -81,6 +81,9 @@ def validate(cfg: LLCConfig) -> None:
         (cfg.storage.kind in ("local", "s3"), f"storage.kind must be local or s3, got {cfg.storage.kind!r}"),
         (cfg.tracking.kind in ("local", "server"), f"tracking.kind must be local or server, got {cfg.tracking.kind!r}"),
         (cfg.cluster.kind in ("local", "remote"), f"cluster.kind must be local or remote, got {cfg.cluster.kind!r}"),
+        (_cron_ok(cfg.schedule.cron), f"schedule.cron must be a 5-field cron expression, got {cfg.schedule.cron!r}"),
+        (len(cfg.schedule.sweeps) > 0, "schedule.sweeps is empty; name at least one sweep config, e.g. schedule.sweeps=[demo]"),
+        (_timezone_ok(cfg.schedule.timezone), f"schedule.timezone must be an IANA zone such as UTC, got {cfg.schedule.timezone!r}"),
         (g.baseline in ("paired", "init"), f"sampler.baseline must be paired or init, got {g.baseline!r}"),
         (g.steps_between_draws >= 1, f"sampler.steps_between_draws must be at least 1, got {g.steps_between_draws}"),
     ]
@@ -97,6 +100,22 @@ def validate(cfg: LLCConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message + ".")
+
+
+def _cron_ok(expr: str) -> bool:
+    from croniter import croniter
+
+    return len(expr.split()) == 5 and bool(croniter.is_valid(expr))
+
+
+def _timezone_ok(name: str) -> bool:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- error messages

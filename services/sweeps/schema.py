@@ -88,6 +88,15 @@ class SweepConfig:
 
 
 @dataclass
+class ScheduleConfig:
+    """`llc nightly`: when to fire and which conf/sweep configs to submit each time."""
+
+    cron: str = "0 2 * * *"              # standard 5-field cron, read by croniter
+    sweeps: List[str] = field(default_factory=lambda: ["demo"])   # names in conf/sweep
+    timezone: str = "UTC"                # IANA zone the cron is read in
+
+
+@dataclass
 class LLCConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -95,6 +104,7 @@ class LLCConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sampler: SamplerGrid = field(default_factory=SamplerGrid)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 
 def register_configs() -> None:

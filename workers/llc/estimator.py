@@ -23,7 +23,7 @@ from .config import SGLDConfig
 from .data import BatchSource, IndexStream, chain_generator
 from .diagnostics import ess, split_r_hat
 from .result import LLCResult
-from .steppers import LossFn, LossModule, ParamLayout, SequentialStepper, VectorizedStepper, autocast_ctx
+from .steppers import LossFn, LossModule, ParamLayout, SequentialStepper, VectorizedStepper
 
 # Fraction of free memory the stacked chain state may take before chains run one by one.
 _VMAP_MEMORY_FRACTION = 0.25

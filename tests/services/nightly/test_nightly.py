@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -12,7 +11,7 @@ from sqlalchemy import func, select
 
 from services.cli import main as llc_main
 from services.nightly import SUBMITTED_BY, load_schedule, next_fire_time, run_nightly_once
-from services.store.db import session_scope, upgrade
+from services.store.db import session_scope
 from services.store.models import Job, Sweep
 from services.sweeps.config import ConfigError, config_dir
 from tests.services.sweeps.tiny_runs import tiny_run
@@ -20,13 +19,6 @@ from workers.objectstore import open_store
 
 SAMPLER = ["sampler.epsilon=[1e-4,3e-4]", "sampler.num_chains=[2]", "sampler.num_draws=[4]", "sampler.num_burnin=[0]",
            "sampler.batch_size=[8]"]
-
-
-@pytest.fixture()
-def db(fresh_pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    upgrade(fresh_pg_url)
-    monkeypatch.setenv("LLC_DATABASE_URL", fresh_pg_url)
-    yield fresh_pg_url
 
 
 @pytest.fixture()

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import boto3
 import pytest
@@ -16,7 +15,7 @@ from sqlalchemy import func, select
 
 from services.scheduler.loop import Scheduler, SchedulerOptions
 from services.store import repository as repo
-from services.store.db import session_scope, upgrade
+from services.store.db import session_scope
 from services.store.models import Job, Result
 from services.sweeps.config import load_config
 from services.sweeps.submit import submit_sweep
@@ -24,18 +23,6 @@ from services.tracking import Tracker
 from tests.services.sweeps.tiny_runs import tiny_overrides, tiny_run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def storage(s3_endpoint: str) -> str:
-    return tiny_run(s3_endpoint)[0]
-
-
-@pytest.fixture()
-def db(fresh_pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    upgrade(fresh_pg_url)
-    monkeypatch.setenv("LLC_DATABASE_URL", fresh_pg_url)
-    yield fresh_pg_url
 
 
 def _run(db: str, sweep_id: int, tracker: Tracker | None = None, *, aggregate: bool = False) -> object:

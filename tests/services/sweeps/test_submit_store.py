@@ -1,29 +1,16 @@
 """`llc submit` against real Postgres and moto S3: jobs written once, refusals write nothing."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
 
 from services.cli import main as llc_main
-from services.store.db import session_scope, upgrade
+from services.store.db import session_scope
 from services.store.models import Job, Sweep
 from services.sweeps.config import load_config
 from services.sweeps.submit import SubmitError, submit_sweep
-from tests.services.sweeps.tiny_runs import tiny_overrides, tiny_run
-
-
-@pytest.fixture(scope="module")
-def storage(s3_endpoint: str) -> str:
-    return tiny_run(s3_endpoint)[0]
-
-
-@pytest.fixture()
-def db(fresh_pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    upgrade(fresh_pg_url)
-    monkeypatch.setenv("LLC_DATABASE_URL", fresh_pg_url)
-    yield fresh_pg_url
+from tests.services.sweeps.tiny_runs import tiny_overrides
 
 
 def _rows(url: str) -> tuple[int, int]:

@@ -10,11 +10,12 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from services.store.jobkey import setting_key
+from services.store.repository import ResultRow
 
 # Short names for labels, in display order.
 LABEL_NAMES: tuple[tuple[str, str], ...] = (
@@ -22,22 +23,6 @@ LABEL_NAMES: tuple[tuple[str, str], ...] = (
     ("num_draws", "draws"), ("num_burnin", "burnin"), ("batch_size", "batch"),
     ("steps_between_draws", "thin"), ("baseline", "baseline"), ("sample_params", "params"),
 )
-
-
-class ResultLike(Protocol):
-    """What the aggregator reads of services.store.repository.ResultRow."""
-
-    job_id: int
-    step: int
-    checkpoint_uri: str
-    hyperparameters: dict[str, Any]
-    seed: int
-    status: str
-    llc_mean: float | None
-    llc_std: float | None
-    llc_per_chain: list[Any] | None
-    init_loss: float | None
-    diagnostics: dict[str, Any] | None
 
 
 @dataclass(frozen=True)
@@ -113,7 +98,7 @@ def _finite(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _estimates(row: ResultLike) -> list[float]:
+def _estimates(row: ResultRow) -> list[float]:
     """The row's per-chain λ̂ values (its mean alone when the chains were not stored)."""
     chains = [v for v in (_finite(c) for c in (row.llc_per_chain or [])) if v is not None]
     if chains:
@@ -122,7 +107,7 @@ def _estimates(row: ResultLike) -> list[float]:
     return [mean] if mean is not None else []
 
 
-def _point(step: int, rows: list[ResultLike]) -> CheckpointPoint | None:
+def _point(step: int, rows: list[ResultRow]) -> CheckpointPoint | None:
     values = [v for r in rows for v in _estimates(r)]
     if not values:
         return None
@@ -140,9 +125,9 @@ def _point(step: int, rows: list[ResultLike]) -> CheckpointPoint | None:
     )
 
 
-def build_curves(rows: Iterable[ResultLike]) -> tuple[list[SettingCurve], Counter[str]]:
+def build_curves(rows: Iterable[ResultRow]) -> tuple[list[SettingCurve], Counter[str]]:
     """Curves per setting (sorted by ε, then label) and the sweep's job counts by status."""
-    groups: dict[str, list[ResultLike]] = defaultdict(list)
+    groups: dict[str, list[ResultRow]] = defaultdict(list)
     hyper: dict[str, dict[str, Any]] = {}
     totals: Counter[str] = Counter()
     for row in rows:
@@ -154,7 +139,7 @@ def build_curves(rows: Iterable[ResultLike]) -> tuple[list[SettingCurve], Counte
     labels = dict(zip(keys, setting_labels([hyper[k] for k in keys])))
     curves = []
     for key in keys:
-        by_step: dict[int, list[ResultLike]] = defaultdict(list)
+        by_step: dict[int, list[ResultRow]] = defaultdict(list)
         counts: Counter[str] = Counter()
         diverged: set[int] = set()
         for row in groups[key]:

@@ -1,54 +1,14 @@
-"""Store reads the scheduler needs beyond the repository's contract (claiming within one sweep,
-job → sweeps, statuses of in-flight jobs, how much work is left)."""
+"""Store reads the scheduler needs beyond the repository's contract (job → sweeps, statuses of
+in-flight jobs, how much work is left)."""
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from services.store import repository as repo
-from services.store.models import ACTIVE_STATUSES, Job, JobStatus, Sweep, SweepJob, utcnow
-
-
-def claim(session: Session, *, owner: str, limit: int, lease_seconds: float, sweep_id: int | None) -> list[Job]:
-    """repository.claim_jobs, restricted to one sweep when `sweep_id` is given."""
-    if sweep_id is None:
-        return repo.claim_jobs(session, owner=owner, limit=limit, lease_seconds=lease_seconds)
-    if "sweep_id" in inspect.signature(repo.claim_jobs).parameters:
-        return repo.claim_jobs(session, owner=owner, limit=limit, lease_seconds=lease_seconds, sweep_id=sweep_id)  # type: ignore[call-arg]
-    return _claim_in_sweep(session, owner=owner, limit=limit, lease_seconds=lease_seconds, sweep_id=sweep_id)
-
-
-def _claim_in_sweep(session: Session, *, owner: str, limit: int, lease_seconds: float, sweep_id: int) -> list[Job]:
-    """Same transition as claim_jobs (conditional per-row UPDATE, SKIP LOCKED), within one sweep."""
-    from datetime import timedelta
-
-    if limit <= 0:
-        return []
-    now = utcnow()
-    until = now + timedelta(seconds=lease_seconds)
-    candidates = list(session.scalars(
-        select(Job.id).join(SweepJob, SweepJob.job_id == Job.id)
-        .where(SweepJob.sweep_id == sweep_id, Job.status == JobStatus.PENDING)
-        .order_by(Job.id).limit(limit).with_for_update(of=Job, skip_locked=True)
-    ).all())
-    claimed: list[int] = []
-    for job_id in candidates:
-        done = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == JobStatus.PENDING)
-            .values(status=JobStatus.RUNNING, attempts=Job.attempts + 1, lease_owner=owner, lease_expires_at=until,
-                    started_at=now, updated_at=now, error=None)
-        ).rowcount
-        if done == 1:
-            claimed.append(job_id)
-    if not claimed:
-        return []
-    repo.refresh_sweep_status(session, sweep_id=sweep_id)
-    return list(session.scalars(select(Job).where(Job.id.in_(claimed)).order_by(Job.id)
-                                .execution_options(populate_existing=True)).all())
+from services.store.models import ACTIVE_STATUSES, Job, Sweep, SweepJob
 
 
 def sweeps_of(session: Session, job_ids: Sequence[int]) -> dict[int, list[int]]:

@@ -199,7 +199,7 @@ class Scheduler:
     def _claim(self, s: Any, limit: int) -> tuple[list[tuple[Any, ...]], dict[int, list[int]]]:
         """Claim up to `limit` jobs in the caller's transaction; submit them once it commits."""
         opts = self.options
-        jobs = claims.claim(s, owner=self.owner, limit=limit, lease_seconds=opts.lease_seconds, sweep_id=opts.sweep_id)
+        jobs = repo.claim_jobs(s, owner=self.owner, limit=limit, lease_seconds=opts.lease_seconds, sweep_id=opts.sweep_id)
         if not jobs:
             return [], {}
         sweep_map = claims.sweeps_of(s, [j.id for j in jobs])

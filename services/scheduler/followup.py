@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,9 +48,6 @@ class FollowUp:
         self._aggregate = aggregate
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llc-followup", initializer=_lower_priority)
         self._parents: dict[int, str] = {}
-        self._lock = threading.Lock()
-        self._futures: list[Future[None]] = []
-        self.logged = 0
         self.tracking_errors = 0
         self.aggregated: list[int] = []
 
@@ -67,9 +64,7 @@ class FollowUp:
         self._pool.shutdown(wait=True)
 
     def _submit(self, fn: Any, arg: Any) -> None:
-        with self._lock:
-            self._futures = [f for f in self._futures if not f.done()]
-            self._futures.append(self._pool.submit(fn, arg))
+        self._pool.submit(fn, arg)
 
     def _parent_run(self, sweep_id: int) -> str:
         if sweep_id in self._parents:
@@ -94,7 +89,6 @@ class FollowUp:
                                            result=job.result, existing_run_id=job.mlflow_run_id)
             with session_scope(self._url) as s:
                 repo.set_job_mlflow_run(s, job_id=job.job_id, run_id=run_id)
-            self.logged += 1
         except Exception as exc:  # an MLflow failure must never lose or block results
             self.tracking_errors += 1
             log.warning("MLflow logging of job %s failed (%s); its result is stored, re-log it later.",

@@ -11,12 +11,8 @@ import ray
 
 def execute_job(spec: Any) -> dict[str, Any]:
     """Run one estimate; a diverged estimate comes back as a result, errors propagate."""
-    from workers.job import run_job
+    from workers.job import run_job  # run_job pins torch threads to spec.num_threads itself
 
-    if spec.num_threads:
-        import torch
-
-        torch.set_num_threads(int(spec.num_threads))
     return run_job(spec).to_dict()
 
 

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from workers.cache import default_cache_dir
+
 
 def llc_home() -> Path:
     """Root of the embedded default's files (`LLC_HOME`, default ~/.llc)."""
@@ -22,7 +24,7 @@ class Endpoints:
     storage_uri: str
     tracking_uri: str
     ray_address: str | None
-    cache_dir: Path
+    cache_dir: Path         # where workers cache checkpoints (workers.cache.default_cache_dir)
 
 
 def endpoints() -> Endpoints:
@@ -32,7 +34,7 @@ def endpoints() -> Endpoints:
         storage_uri=os.environ.get("LLC_STORAGE_URI") or (home / "objects").as_uri(),
         tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}",
         ray_address=os.environ.get("RAY_ADDRESS") or None,
-        cache_dir=Path(os.environ.get("LLC_CACHE_DIR", home / "cache")).expanduser(),
+        cache_dir=default_cache_dir(),
     )
 
 

@@ -27,6 +27,7 @@ class DemoOutcome:
 
 def run_demo(*, small: bool = False, overrides: Sequence[str] = (), retrain: bool = False, tracking: bool = True,
              console: Console | None = None) -> DemoOutcome:
+    from services.store.db import ensure_schema
     from services.sweeps.config import load_config
     from services.sweeps.endpoints import resolve_endpoints, under_storage
     from services.sweeps.run import run_sweep
@@ -37,6 +38,8 @@ def run_demo(*, small: bool = False, overrides: Sequence[str] = (), retrain: boo
     cfg = load_config([*(SMALL_OVERRIDES if small else ("sweep=demo",)), *overrides])
     ends = resolve_endpoints(cfg)
     run_uri = under_storage(cfg.sweep.run, ends.storage_uri)
+    # An un-migrated Postgres is refused now, not after training (SQLite is upgraded in place).
+    ensure_schema(ends.database_url)
 
     console.rule("[bold]1/3 · demo training run[/bold]")
     settings = DemoSettings(**SMALL_TRAINING) if small else DemoSettings()

@@ -34,6 +34,8 @@ _HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    # One "View run ... at" line per finished job would bury the sweep's progress bar.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
 MAX_BATCH_ITEMS = 1000   # MLflow's log_batch limit (metrics + params + tags)

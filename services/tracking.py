@@ -307,3 +307,23 @@ class Tracker:
             path = Path(tmp) / name
             path.write_text(json.dumps(payload, indent=2, default=str))
             self._call(lambda: self.client.log_artifact(run_id, str(path)))
+
+
+def sweep_parent_run(tracker: Tracker, *, sweep_id: int, database_url: str | None = None) -> str:
+    """The sweep's MLflow parent run, created or reused, with its id kept on the sweep row.
+
+    The scheduler's follow-up thread and the aggregator both need it; one place keeps the
+    store and MLflow agreeing on which run is the sweep's."""
+    from services.store import repository as repo
+    from services.store.db import session_scope
+
+    with session_scope(database_url) as s:
+        sweep = repo.get_sweep(s, sweep_id=sweep_id)
+        name, config, existing = sweep.name, dict(sweep.config or {}), sweep.mlflow_run_id
+        run_uri = sweep.training_run.uri if sweep.training_run is not None else ""
+    run_id = tracker.sweep_run(sweep_id=sweep_id, sweep_name=name, training_run=run_uri, config=config,
+                               existing_run_id=existing)
+    if run_id != existing:
+        with session_scope(database_url) as s:
+            repo.set_sweep_mlflow_run(s, sweep_id=sweep_id, run_id=run_id)
+    return run_id

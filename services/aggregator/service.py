@@ -22,7 +22,7 @@ from services.aggregator.report import AggregateReport, SettingStage
 from services.aggregator.stability import assess, recommend
 from services.aggregator.stages import StageDetection, detect_stages
 from services.core.settings import llc_home
-from services.tracking import Tracker, TrackingUnavailable
+from services.tracking import Tracker, TrackingUnavailable, sweep_parent_run
 
 METADATA_FILE = "metadata.json"
 # Which metadata loss types the stages, best first (held-out loss beats one training batch).
@@ -108,14 +108,12 @@ def aggregate_sweep(*, sweep_id: int, database_url: str | None = None, tracker: 
     unreachable tracking server does not lose the work: stages are stored and files written,
     and the report's `tracking_error` says what failed. Step 0 is kept (fits use log(step+1))."""
     from services.store import ensure_schema, session_scope
-    from services.store.repository import StageRow, get_sweep, replace_stages, set_sweep_mlflow_run, sweep_results
+    from services.store.repository import StageRow, get_sweep, replace_stages, sweep_results
 
     ensure_schema(database_url)
     with session_scope(database_url) as session:
         sweep = get_sweep(session, sweep_id=sweep_id)
-        sweep_name, config = sweep.name, dict(sweep.config or {})
-        training_run = sweep.training_run.uri if sweep.training_run is not None else ""
-        parent_run_id = sweep.mlflow_run_id
+        sweep_name = sweep.name
         rows = sweep_results(session, sweep_id=sweep_id)
 
     notes: list[str] = []
@@ -166,11 +164,7 @@ def aggregate_sweep(*, sweep_id: int, database_url: str | None = None, tracker: 
     if log_to_mlflow:
         try:
             tracker = tracker or Tracker()
-            report.parent_run_id = tracker.sweep_run(sweep_id=sweep_id, sweep_name=sweep_name, training_run=training_run,
-                                                     config=config, existing_run_id=parent_run_id)
-            if report.parent_run_id != parent_run_id:
-                with session_scope(database_url) as session:
-                    set_sweep_mlflow_run(session, sweep_id=sweep_id, run_id=report.parent_run_id)
+            report.parent_run_id = sweep_parent_run(tracker, sweep_id=sweep_id, database_url=database_url)
             report.mlflow_run_id = tracker.log_aggregate(parent_run_id=report.parent_run_id,
                                                          series=mlflow_series(report, losses),
                                                          artifacts=report.artifacts)

@@ -14,6 +14,7 @@ from typing import Any
 
 from services.store import repository as repo
 from services.store.db import session_scope
+from services.tracking import sweep_parent_run
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +70,7 @@ class FollowUp:
     def _parent_run(self, sweep_id: int) -> str:
         if sweep_id in self._parents:
             return self._parents[sweep_id]
-        with session_scope(self._url) as s:
-            sweep = repo.get_sweep(s, sweep_id=sweep_id)
-            name, config, existing = sweep.name, dict(sweep.config), sweep.mlflow_run_id
-            run_uri = sweep.training_run.uri if sweep.training_run is not None else ""
-        run_id = self._tracker.sweep_run(sweep_id=sweep_id, sweep_name=name, training_run=run_uri, config=config,
-                                         existing_run_id=existing)
-        if run_id != existing:
-            with session_scope(self._url) as s:
-                repo.set_sweep_mlflow_run(s, sweep_id=sweep_id, run_id=run_id)
+        run_id = sweep_parent_run(self._tracker, sweep_id=sweep_id, database_url=self._url)
         self._parents[sweep_id] = run_id
         return run_id
 

@@ -335,12 +335,6 @@ def _refresh_sweeps(session: Session, sweep_ids: Iterable[int]) -> None:
             _reload(session, Sweep, [sweep_id])
 
 
-def refresh_sweep_status(session: Session, *, sweep_id: int) -> Sweep:
-    """Recompute and return the sweep's status from its jobs (callers rarely need this)."""
-    _refresh_sweeps(session, [sweep_id])
-    return get_sweep(session, sweep_id=sweep_id)
-
-
 def cancel_sweep(session: Session, *, sweep_id: int) -> list[int]:
     """Cancel the sweep and those of its pending/running jobs no other active sweep needs.
 

@@ -60,6 +60,7 @@ class JobSpec:
     num_threads: int | None = None        # pin torch threads to the worker's CPU share
     cache_dir: str | None = None          # default from LLC_CACHE_DIR / embedded default
     sample_params: tuple[str, ...] | None = None   # weight-restricted LLC (fnmatch patterns)
+    compile: bool = False                 # torch.compile the SGLD step (how it runs, not what: not in the job key)
 
 
 def _json_float(x: Any) -> float | None:
@@ -158,7 +159,7 @@ def _sgld_config(spec: JobSpec) -> Any:
         return SGLDConfig(epsilon=s.epsilon, gamma=s.gamma, nbeta=s.nbeta, num_chains=s.num_chains,
                           num_draws=s.num_draws, num_burnin=s.num_burnin, steps_between_draws=s.steps_between_draws,
                           batch_size=s.batch_size, seed=spec.seed, baseline=s.baseline,
-                          sample_params=spec.sample_params)
+                          sample_params=spec.sample_params, compile=spec.compile)
     except ValueError as exc:
         raise JobInputError(str(exc)) from exc
 
@@ -203,6 +204,6 @@ def run_job(spec: JobSpec, *, progress: Callable[[int, int], None] | None = None
         loss_trace=[[float(x) for x in row] for row in res.loss_trace.tolist()],
         wall_time_s=time.perf_counter() - started, device=str(res.device), host=socket.gethostname(),
         estimator_version=ESTIMATOR_VERSION,
-        extra={"path": res.path, "fallback_reason": res.fallback_reason, "step": spec.step,
+        extra={"path": res.path, "fallback_reason": res.fallback_reason, "notes": dict(res.notes), "step": spec.step,
                "fingerprint": ref.fingerprint},
     )

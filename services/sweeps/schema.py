@@ -84,6 +84,9 @@ class SweepConfig:
     seeds: List[int] = field(default_factory=lambda: [0])
     resources: Resources = field(default_factory=Resources)
     device: str = "auto"
+    # torch.compile each job's SGLD step: a one-off compile per worker process and model
+    # shape (cached on disk by torch), then fused kernels; pays off for jobs of minutes.
+    compile: bool = False
     sample_params: Optional[List[str]] = None   # weight-restricted LLC (fnmatch patterns)
 
 

@@ -56,12 +56,13 @@ _CHECK_EVERY = 16
 
 def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: list[IndexStream],
               noise_gens: list[torch.Generator], flat0: torch.Tensor, cfg: SGLDConfig, nbeta: float,
-              paired: bool, records: ChainRecords, progress: Progress) -> None:
+              paired: Any | None, records: ChainRecords, progress: Progress) -> None:
     """Run cfg.num_steps SGLD steps for `chains` (all in one stepper call per step).
 
     Losses stay on the device in a (chains, steps) trace until the end; divergence is checked
     every _CHECK_EVERY steps; paired baselines L_m(w*) (independent of the chain state) are
-    computed after the loop from the recorded batch indices, many batches per call.
+    computed from the recorded batch indices, many batches per call, by `paired` (the
+    stepper itself or an ItemLossTable; None: a constant baseline).
     """
     eps, gamma = cfg.epsilon, cfg.gamma
     sqrt_eps = math.sqrt(eps)
@@ -76,7 +77,7 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
     trace = torch.full((group, total), float("nan"), device=dev, dtype=torch.float32)
     first_bad = np.full(group, total, dtype=np.int64)   # first divergent step per row (total: none)
     mala_acc = torch.full((group, cfg.num_draws), float("nan"), device=dev, dtype=torch.float64) if cfg.mala else None
-    baselines = _PairedBaselines(stepper, source, chains, chunk=16 * group) if paired else None
+    baselines = _PairedBaselines(paired, source, chains, chunk=16 * group) if paired is not None else None
     init: torch.Tensor | None = None
     checked = 0
     to_device = source.indexes_on_device and dev.type != "cpu"
@@ -188,8 +189,8 @@ class _PairedBaselines:
     values stay on the device until finish.
     """
 
-    def __init__(self, stepper: Any, source: BatchSource, chains: list[int], *, chunk: int) -> None:
-        self._stepper, self._source, self._chains, self._chunk = stepper, source, chains, chunk
+    def __init__(self, evaluator: Any, source: BatchSource, chains: list[int], *, chunk: int) -> None:
+        self._evaluator, self._source, self._chains, self._chunk = evaluator, source, chains, chunk
         self._queue: list[tuple[int, int, list[int], torch.Tensor]] = []   # (step, draw, rows, idx)
         self._queued = 0
         self._where: list[tuple[int, int]] = []
@@ -211,7 +212,7 @@ class _PairedBaselines:
                     idx.append(batch_idx[j])
         self._queue, self._queued = [], 0
         if idx:
-            self._values.append(self._stepper.star_losses(self._source, torch.stack(idx), chunk=self._chunk))
+            self._values.append(self._evaluator.star_losses(self._source, torch.stack(idx), chunk=self._chunk))
 
     def finish(self, records: ChainRecords, first_bad: np.ndarray) -> None:
         self.flush(first_bad, force=True)

@@ -19,7 +19,7 @@ _MATERIALIZE_MAX_BYTES = 1 << 30
 
 
 def chain_generator(seed: int, chain: int, stream: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """A generator owned by one (chain, stream); streams: 0 = batches, 1 = noise, 2 = baseline."""
+    """A generator owned by one (chain, stream); streams: 0 = batches, 1 = noise, 2 = baseline, 3 = table check."""
     gen = torch.Generator(device=device)
     gen.manual_seed((int(seed) * 1_000_003 + chain * 7_919 + stream * 104_729) % (2**63 - 1))
     return gen

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from .baselines import constant_baseline, item_loss_table
 from .chains import ChainRecords, run_group
 from .config import SGLDConfig
 from .data import BatchSource, IndexStream, chain_generator
@@ -138,13 +139,20 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     native = all(t is not None and v.data_ptr() == t.data_ptr() for k, v in star.items()
                  for t in [dict(module.named_parameters(remove_duplicate=False)).get(k, dict(module.named_buffers()).get(k))])
     common = dict(module=module, layout=layout, frozen=frozen, star=star, device=dev, bf16=cfg.bf16_autocast,
-                  star_is_native=native)
+                  star_is_native=native, compile=cfg.compile)
     seq = SequentialStepper(**common)
     with torch.no_grad():
         probe_loss = _check_loss(seq._call(layout.split(flat0), probe), "on the first batch").float()
 
     stepper, fallback_reason = _choose_stepper(cfg, common, seq, source, flat0, probe_loss, dev)
-    baseline_const = _constant_baseline(cfg, seq, source, n, flat0.device)
+    baseline_const = constant_baseline(cfg, seq, source, n)
+    paired: Any | None = None
+    baseline_method = "constant"
+    if cfg.baseline == "paired":
+        vec_for_table = stepper if stepper.path == "vectorized" else VectorizedStepper(**{**common, "compile": False})
+        table, baseline_method = item_loss_table(vec_stepper=vec_for_table, seq_stepper=seq, source=source, n=n,
+                                                 cfg=cfg, probe_loss=probe_loss)
+        paired = table if table is not None else stepper
 
     total = cfg.num_chains * total_steps
     done = 0
@@ -158,7 +166,6 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     records = ChainRecords(cfg.num_chains, cfg.num_draws)
     streams = [IndexStream(n, cfg.batch_size, chain_generator(cfg.seed, c, 0)) for c in range(cfg.num_chains)]
     noise = [chain_generator(cfg.seed, c, 1, dev) for c in range(cfg.num_chains)]
-    paired = cfg.baseline == "paired"
     t0 = time.perf_counter()
     groups = [list(range(cfg.num_chains))] if stepper.path == "vectorized" else [[c] for c in range(cfg.num_chains)]
     for g in groups:
@@ -172,7 +179,8 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
         progress(total, total)
     return _summarize(records, cfg=cfg, nbeta=nbeta, n=n, baseline_const=baseline_const, path=stepper.path,
                       fallback_reason=fallback_reason, sampling_s=sampling_s,
-                      wall_s=time.perf_counter() - started, num_sampled=layout.numel, device=str(dev))
+                      wall_s=time.perf_counter() - started, num_sampled=layout.numel, device=str(dev),
+                      stepper=stepper, baseline_method=baseline_method)
 
 
 def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStepper, source: BatchSource,
@@ -215,32 +223,15 @@ def _step_flops(seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor
     """FLOPs of one chain's forward+backward on a probe batch (torch's own counter)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        seq.loss_and_grad(flat0.unsqueeze(0), source.gather(torch.arange(batch_size)))
+    x = flat0.detach().requires_grad_(True)
+    with FlopCounterMode(display=False) as counter, torch.enable_grad():   # eager, never the compiled step
+        torch.autograd.grad(seq._call(seq.layout.split(x), source.gather(torch.arange(batch_size))).float(), x)
     return float(counter.get_total_flops())
-
-
-def _constant_baseline(cfg: SGLDConfig, seq: SequentialStepper, source: BatchSource, n: int,
-                       device: torch.device) -> float | None:
-    """L_n(w*) over the whole dataset ("full") or the mean of K seeded minibatches (int K)."""
-    if cfg.baseline == "paired":
-        return None
-    with torch.no_grad():
-        if cfg.baseline == "full":
-            total, count = 0.0, 0
-            for start in range(0, n, cfg.batch_size):
-                stop = min(n, start + cfg.batch_size)
-                total += float(seq.loss_at_star(source.range(start, stop))) * (stop - start)
-                count += stop - start
-            return total / count
-        stream = IndexStream(n, cfg.batch_size, chain_generator(cfg.seed, cfg.num_chains, 2))
-        k = int(cfg.baseline)
-        return sum(float(seq.loss_at_star(source.gather(stream.next()))) for _ in range(k)) / k
 
 
 def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, baseline_const: float | None,
                path: str, fallback_reason: str | None, sampling_s: float, wall_s: float, num_sampled: int,
-               device: str) -> LLCResult:
+               device: str, stepper: Any, baseline_method: str) -> LLCResult:
     base = rec.baseline if baseline_const is None else np.full_like(rec.loss, baseline_const)
     ok = ~rec.diverged
     per_chain = np.full(cfg.num_chains, np.nan)
@@ -266,7 +257,13 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
         "wall_time_s": wall_s,
         "vectorized": path == "vectorized",
         "num_sampled_params": int(num_sampled),
+        "compiled": bool(stepper.compiled),
+        "compile_time_s": float(stepper.compile_s),
+        "baseline_item_table": baseline_method == "item_table",
     }
+    notes = {"baseline": baseline_method}
+    if stepper.compile_error:
+        notes["compile"] = stepper.compile_error
     baseline_loss = float(np.nanmean(good_base)) if baseline_const is None and good_base.size else (
         baseline_const if baseline_const is not None else float("nan"))
     return LLCResult(
@@ -274,5 +271,5 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
         init_loss=float(np.nanmean(rec.init_loss)), baseline_loss=float(baseline_loss), nbeta=nbeta, n=n,
         loss_trace=rec.loss, baseline_trace=base, diverged=bool(rec.diverged.any()),
         chain_diverged=rec.diverged.tolist(), diagnostics=diagnostics, path=path,
-        fallback_reason=fallback_reason, device=device,
+        fallback_reason=fallback_reason, device=device, notes=notes,
     )

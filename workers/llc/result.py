@@ -28,3 +28,4 @@ class LLCResult:
     path: str = "vectorized"  # "vectorized" | "sequential"
     fallback_reason: str | None = None  # why the vectorized path was not used, if it was wanted
     device: str = "cpu"
+    notes: dict[str, str] = field(default_factory=dict)  # how it ran, in words: "baseline", "compile" (why eager)

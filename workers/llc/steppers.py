@@ -6,11 +6,16 @@ in views of the flat tensor for the sampled parameters and detached w* tensors f
 frozen ones. VectorizedStepper runs all chains as one vmapped forward with one backward
 (chains are independent, so d(sum of losses)/d(chain c) is chain c's gradient);
 SequentialStepper runs one chain with plain autograd, for models vmap cannot trace or
-that do not fit C times in memory.
+that do not fit C times in memory. With compile=True the loss (forward, and through
+AOTAutograd the backward) of either path runs as a torch.compile'd graph: fused
+element-wise kernels instead of one pass over memory per op (the GPT-2 benchmark's step
+runs ×1.4 faster on CPU); a model torch.compile cannot handle runs eagerly instead.
 """
 from __future__ import annotations
 
 import contextlib
+import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +80,8 @@ def autocast_ctx(device: torch.device, enabled: bool) -> contextlib.AbstractCont
 
 class _Stepper:
     def __init__(self, *, module: LossModule, layout: ParamLayout, frozen: dict[str, torch.Tensor],
-                 star: dict[str, torch.Tensor], device: torch.device, bf16: bool, star_is_native: bool) -> None:
+                 star: dict[str, torch.Tensor], device: torch.device, bf16: bool, star_is_native: bool,
+                 compile: bool = False) -> None:
         self.module = module
         self.layout = layout
         self.frozen = frozen
@@ -93,6 +99,42 @@ class _Stepper:
         self._aliases = {names[0]: names[1:] for names in aliases.values() if len(names) > 1}
         self._star_full = self._untie(star)
         self._frozen_full = self._untie(frozen)
+        self._compiled: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
+        self._compiled_ran = False
+        self.compile_error: str | None = None
+        self.compile_s = 0.0
+        if compile:
+            self._compiled = torch.compile(self._traced_loss, dynamic=False)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the loss runs as a compiled graph (False after a compile failure)."""
+        return self._compiled is not None
+
+    def _eager_loss(self, x: torch.Tensor, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _traced_loss(self, x: torch.Tensor, batch: Any) -> torch.Tensor:
+        """What torch.compile traces (the eager loss by default)."""
+        return self._eager_loss(x, batch)
+
+    def _loss(self, x: torch.Tensor, batch: Any) -> torch.Tensor:
+        """The loss at x on batch: compiled when asked and possible, else eager."""
+        if self._compiled is None:
+            return self._eager_loss(x, batch)
+        if self._compiled_ran:
+            return self._compiled(x, batch)
+        started = time.perf_counter()
+        try:
+            out = self._compiled(x, batch)
+        except Exception as exc:  # noqa: BLE001 - a model dynamo/inductor cannot compile runs eagerly
+            self._compiled = None
+            self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            warnings.warn(f"torch.compile failed, running the SGLD steps eagerly ({self.compile_error})", stacklevel=2)
+            return self._eager_loss(x, batch)
+        self._compiled_ran = True
+        self.compile_s = time.perf_counter() - started
+        return out
 
     def _untie(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = dict(tensors)
@@ -146,11 +188,18 @@ class VectorizedStepper(_Stepper):
         finally:
             fv._vmap_decrement_nesting()
 
+    def _eager_loss(self, x: torch.Tensor, batch: Any) -> torch.Tensor:
+        return self._vmap_loss(x, batch)
+
+    def _traced_loss(self, x: torch.Tensor, batch: Any) -> torch.Tensor:
+        # dynamo traces torch.func.vmap, not vmap's private building blocks.
+        return vmap(lambda row, b: self._call(self.layout.split(row), b), in_dims=(0, 0))(x, batch)
+
     def loss_and_grad(self, flat: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and gradient at each row of flat."""
         x = flat.detach().requires_grad_(True)
         with torch.enable_grad():
-            losses = self._vmap_loss(x, batch)
+            losses = self._loss(x, batch)
             if losses.shape != (flat.shape[0],):
                 raise RuntimeError(f"vmapped loss has shape {tuple(losses.shape)}, expected ({flat.shape[0]},)")
             (grad,) = torch.autograd.grad(losses.float().sum(), x)
@@ -171,10 +220,13 @@ class SequentialStepper(_Stepper):
     def batch(self, source: Any, idx: torch.Tensor) -> Any:
         return source.gather(idx[0])                  # (B, ...)
 
+    def _eager_loss(self, x: torch.Tensor, batch: Any) -> torch.Tensor:
+        return self._call(self.layout.split(x), batch)
+
     def loss_and_grad(self, flat: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x = flat[0].detach().requires_grad_(True)
         with torch.enable_grad():
-            loss = self._call(self.layout.split(x), batch)
+            loss = self._loss(x, batch)
             (grad,) = torch.autograd.grad(loss.float(), x)
         return loss.detach().float().reshape(1), grad.unsqueeze(0)
 

@@ -54,4 +54,52 @@ def test_paired_baselines_are_the_loss_at_w_star_on_each_chains_own_draw_batches
         res = estimate_llc(model, half_mse, data, config=replace(cfg, vectorize=vectorize))
         assert res.path == ("vectorized" if vectorize else "sequential")
         np.testing.assert_allclose(res.baseline_trace, want, rtol=1e-5)
+        # n = 3,000 items < 3 chains x 20 draws x 100: looked up in the per-item table at w*.
+        assert res.notes["baseline"] == "item_table" and res.diagnostics["baseline_item_table"]
         assert res.baseline_loss == float(np.mean(want)) or abs(res.baseline_loss - np.mean(want)) < 1e-6
+
+
+def _paired_by_hand(model, loss_fn, data, cfg: SGLDConfig) -> np.ndarray:
+    import torch
+
+    from workers.llc.data import IndexStream, chain_generator
+
+    x, y = data.tensors
+    steps = [cfg.num_burnin + d * cfg.steps_between_draws for d in range(cfg.num_draws)]
+    want = np.zeros((cfg.num_chains, cfg.num_draws))
+    with torch.no_grad():
+        for c in range(cfg.num_chains):
+            stream = IndexStream(len(data), cfg.batch_size, chain_generator(cfg.seed, c, 0))
+            idx = [stream.next() for _ in range(cfg.num_steps)]
+            want[c] = [float(loss_fn(model, [x[idx[t]], y[idx[t]]])) for t in steps]
+    return want
+
+
+def test_a_loss_that_is_not_a_per_item_mean_gets_direct_paired_baselines() -> None:
+    # The worst item's loss: no table of per-item losses can give it as a mean, so the
+    # check batches refuse the table and every draw's batch is evaluated at w*.
+    import torch
+
+    def worst_item(model, batch):
+        x, y = batch
+        return (0.5 * ((model(x) - y) ** 2).sum(-1)).max()
+
+    model, data = linear_regression(n=2_000, d_in=4, d_out=2, seed=5)
+    cfg = SGLDConfig(epsilon=1e-5, num_chains=2, num_draws=30, num_burnin=0, batch_size=50, seed=2)
+    res = estimate_llc(model, worst_item, data, config=cfg)
+    assert res.notes["baseline"].startswith("direct: loss_fn is not a mean of per-item losses")
+    assert not res.diagnostics["baseline_item_table"]
+    np.testing.assert_allclose(res.baseline_trace, _paired_by_hand(model, worst_item, data, cfg), rtol=1e-6)
+    # The same data with the mean loss takes the table, and it gives the same baselines.
+    res_mean = estimate_llc(model, half_mse, data, config=cfg)
+    assert res_mean.notes["baseline"] == "item_table"
+    np.testing.assert_allclose(res_mean.baseline_trace, _paired_by_hand(model, half_mse, data, cfg), rtol=1e-6)
+    assert torch.is_tensor(data.tensors[0])
+
+
+def test_a_dataset_larger_than_the_draws_batches_gets_direct_paired_baselines() -> None:
+    model, data = linear_regression(n=5_000, d_in=3, d_out=1, seed=6)
+    cfg = SGLDConfig(epsilon=1e-5, num_chains=2, num_draws=10, num_burnin=0, batch_size=100, seed=3)
+    res = estimate_llc(model, half_mse, data, config=cfg)        # 2 x 10 x 100 = 2,000 < 5,000 items
+    assert res.notes["baseline"].startswith("direct: the dataset (5000 items)")
+    np.testing.assert_allclose(res.baseline_trace, _paired_by_hand(model, half_mse, data, cfg), rtol=1e-6)

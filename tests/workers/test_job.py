@@ -49,6 +49,15 @@ def test_run_job_returns_a_finite_result(spec: JobSpec) -> None:
     assert back.llc_mean == res.llc_mean and back.loss_trace == res.loss_trace and back.diagnostics == res.diagnostics
 
 
+def test_a_compiled_job_follows_the_eager_one(spec: JobSpec) -> None:
+    eager = run_job(spec)
+    compiled = run_job(replace(spec, compile=True))
+    assert compiled.diagnostics["compiled"] is True and eager.diagnostics["compiled"] is False
+    assert compiled.diagnostics["compile_time_s"] > 0
+    np.testing.assert_allclose(compiled.llc_per_chain, eager.llc_per_chain, rtol=1e-3)
+    np.testing.assert_allclose(compiled.loss_trace, eager.loss_trace, rtol=1e-4)
+
+
 def test_a_diverged_estimate_is_a_result_not_an_error(spec: JobSpec) -> None:
     wild = replace(spec, sampler=replace(SAMPLER, epsilon=10.0, gamma=0.0, nbeta=1e6))
     res = run_job(wild)

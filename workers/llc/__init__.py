@@ -15,6 +15,6 @@ from .estimator import estimate_llc
 from .result import LLCResult
 
 # Part of job keys: bump when a change can alter results for the same inputs.
-ESTIMATOR_VERSION = "1.0.0"
+ESTIMATOR_VERSION = "1.1.0"   # 1.1: paired baselines from the per-item table (float rounding)
 
 __all__ = ["ESTIMATOR_VERSION", "LLCResult", "SGLDConfig", "estimate_llc", "ess", "split_r_hat"]

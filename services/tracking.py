@@ -297,7 +297,7 @@ class Tracker:
             logged = sorted((int(m.step), float(m.value)) for m in history)
             if len(logged) != len(pts) or any(
                     a[0] != b[0] or not math.isclose(a[1], b[1], rel_tol=1e-9, abs_tol=1e-12)
-                    for a, b in zip(logged, pts)):
+                    for a, b in zip(logged, pts, strict=True)):
                 return False
         return True
 

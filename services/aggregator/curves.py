@@ -136,7 +136,7 @@ def build_curves(rows: Iterable[ResultRow]) -> tuple[list[SettingCurve], Counter
         hyper[key] = dict(row.hyperparameters)
         totals[row.status] += 1
     keys = list(groups)
-    labels = dict(zip(keys, setting_labels([hyper[k] for k in keys])))
+    labels = dict(zip(keys, setting_labels([hyper[k] for k in keys]), strict=True))
     curves = []
     for key in keys:
         by_step: dict[int, list[ResultRow]] = defaultdict(list)

@@ -141,7 +141,7 @@ def aggregate_sweep(*, sweep_id: int, database_url: str | None = None, tracker: 
     recommended = recommend(verdicts)
     primary = recommended.key if recommended else None
     if primary is None and curves:
-        by_quality = sorted(zip(verdicts, curves), key=lambda vc: (-len(vc[1].points), len(vc[0].reasons)))
+        by_quality = sorted(zip(verdicts, curves, strict=True), key=lambda vc: (-len(vc[1].points), len(vc[0].reasons)))
         primary = by_quality[0][1].key
         notes.append("no setting is usable (see the stability table); MLflow `llc` follows the setting with the most estimates")
 
@@ -207,5 +207,5 @@ def mlflow_series(report: AggregateReport, losses: dict[str, tuple[list[float], 
             series["llc"] = pts
             series["llc_std"] = series[f"llc_std/{curve.metric_label}"]
     for name, (steps, values) in losses.items():
-        series[f"loss/{name}"] = [(int(s), float(v)) for s, v in zip(steps, values)]
+        series[f"loss/{name}"] = [(int(s), float(v)) for s, v in zip(steps, values, strict=True)]
     return series

@@ -205,7 +205,7 @@ def _prune(bounds: list[float], sig: _Significance) -> list[float]:
     between two stages going the same way merges all three."""
     bounds = sorted(set(bounds))
     while len(bounds) > 2:
-        pairs = list(zip(bounds[:-1], bounds[1:]))
+        pairs = list(zip(bounds[:-1], bounds[1:], strict=True))
         deltas = [sig.delta(a, b) for a, b in pairs]
         weak = [i for i, (a, b) in enumerate(pairs) if not sig.ok(a, b)]
         if not weak:
@@ -230,7 +230,7 @@ def _split_plateaus(bounds: list[float], sig: _Significance, *, plateau_frac: fl
     (two rises separated by a plateau are two stages, not one)."""
     grid = sig.fit.grid_x
     out = [bounds[0]]
-    for a, b in zip(bounds[:-1], bounds[1:]):
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
         lo, hi = int(np.searchsorted(grid, a)), int(np.searchsorted(grid, b))
         cands = sorted(plateau_points(sig.fit, lo, hi, plateau_frac=plateau_frac, min_width=min_width),
                        key=lambda i: abs(sig.fit.grid_dy[i]))
@@ -298,7 +298,7 @@ def detect_stages(steps: Sequence[int] | ArrayLike, llc: ArrayLike, llc_sigma: A
     if loss_fit is not None:
         loss_scale = float(loss_fit.grid_y.max() - loss_fit.grid_y.min())
     stages = []
-    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         la, lb = fit.at([a, b])
         loss_a = loss_b = None
         if loss_fit is not None:

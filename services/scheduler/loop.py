@@ -246,7 +246,7 @@ class Scheduler:
             values = ray.get(refs)  # one round trip for the batch; any error: one by one below
         except Exception:
             values = None
-        for i, (ref, flight) in enumerate(zip(refs, flights)):
+        for i, (ref, flight) in enumerate(zip(refs, flights, strict=True)):
             try:
                 done.append((flight, values[i] if values is not None else ray.get(ref)))
             except rex.TaskCancelledError:

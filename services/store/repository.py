@@ -535,15 +535,28 @@ def _float_or_none(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def _write_refusal(*, action: str, job_id: int, status: str | None, lease_owner: str | None,
+                   owner: str | None, given_twice: bool = False) -> str | None:
+    """Why a write to this job must be refused (one sentence), or None when it may proceed."""
+    if status is None:
+        return f"cannot {action} for job {job_id}: there is no such job; nothing was written."
+    if given_twice or status in TERMINAL_STATUSES:
+        done = "succeeded or diverged (given twice in this batch)" if given_twice else status
+        return f"cannot {action} for job {job_id}: it is already {done}; nothing was overwritten."
+    if owner is not None and (status != JobStatus.RUNNING or lease_owner != owner):
+        holder = f"held by {lease_owner}" if lease_owner else "not claimed"
+        return (f"cannot {action} for job {job_id}: {owner} no longer holds its lease "
+                f"(it is {status}, {holder}); nothing was written.")
+    return None
+
+
 def _lock_job_for_write(session: Session, *, job_id: int, owner: str | None, action: str) -> Job:
     job = session.scalars(select(Job).where(Job.id == job_id).with_for_update().execution_options(populate_existing=True)).one_or_none()
-    if job is None:
-        raise JobStateError(f"cannot {action} for job {job_id}: there is no such job; nothing was written.")
-    if job.status in TERMINAL_STATUSES:
-        raise JobStateError(f"cannot {action} for job {job_id}: it is already {job.status}; nothing was overwritten.")
-    if owner is not None and (job.status != JobStatus.RUNNING or job.lease_owner != owner):
-        holder = f"held by {job.lease_owner}" if job.lease_owner else "not claimed"
-        raise JobStateError(f"cannot {action} for job {job_id}: {owner} no longer holds its lease (it is {job.status}, {holder}); nothing was written.")
+    refusal = _write_refusal(action=action, job_id=job_id, status=job.status if job else None,
+                             lease_owner=job.lease_owner if job else None, owner=owner)
+    if refusal:
+        raise JobStateError(refusal)
+    assert job is not None
     return job
 
 
@@ -660,18 +673,11 @@ def record_results(session: Session, *, owner: str | None, results: Sequence[New
     action = "record a result"
     for r in results:
         job_id = r.job_id
-        if job_id not in current:
-            out.refused[job_id] = f"cannot {action} for job {job_id}: there is no such job; nothing was written."
-            continue
-        status, lease_owner, host, run_id = current[job_id]
-        if job_id in taken or status in TERMINAL_STATUSES:
-            done = "succeeded or diverged (given twice in this batch)" if job_id in taken else status
-            out.refused[job_id] = f"cannot {action} for job {job_id}: it is already {done}; nothing was overwritten."
-            continue
-        if owner is not None and (status != JobStatus.RUNNING or lease_owner != owner):
-            holder = f"held by {lease_owner}" if lease_owner else "not claimed"
-            out.refused[job_id] = (f"cannot {action} for job {job_id}: {owner} no longer holds its lease "
-                                   f"(it is {status}, {holder}); nothing was written.")
+        status, lease_owner, host, run_id = current.get(job_id, (None, None, None, None))
+        refusal = _write_refusal(action=action, job_id=job_id, status=status, lease_owner=lease_owner, owner=owner,
+                                 given_twice=job_id in taken)
+        if refusal:
+            out.refused[job_id] = refusal
             continue
         taken.add(job_id)
         values = _result_columns(r.result)

@@ -39,7 +39,7 @@ def sampler_points(grid: SamplerGrid) -> list[dict[str, Any]]:
     lists = [list(getattr(grid, name)) for name in GRID_FIELDS]
     points = []
     for values in itertools.product(*lists):
-        point = dict(zip(GRID_FIELDS, values))
+        point = dict(zip(GRID_FIELDS, values, strict=True))
         point["steps_between_draws"] = grid.steps_between_draws
         point["baseline"] = grid.baseline
         points.append(point)

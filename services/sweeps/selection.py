@@ -27,12 +27,13 @@ def describe(sel: CheckpointSelection) -> str:
     if sel.start is not None or sel.stop is not None:
         parts.append(f"steps {sel.start if sel.start is not None else 'first'}..{sel.stop if sel.stop is not None else 'last'}")
     if sel.every > 1:
-        parts.append(f"every {sel.every}th checkpoint")
+        parts.append(f"every {sel.every}th checkpoint and the last")
     return ", ".join(parts) or "all checkpoints"
 
 
 def select_checkpoints(refs: Sequence[R], sel: CheckpointSelection, *, run_uri: str) -> list[R]:
-    """Refs sorted by step; `every` counts within the range (the first in range is always kept)."""
+    """Refs sorted by step; `every` counts within the range and keeps both ends of it, so a
+    thinned curve still spans the whole run (and a nightly sweep always reaches the newest)."""
     ordered = sorted(refs, key=lambda r: r.step)
     available = [r.step for r in ordered]
     if sel.steps is not None:
@@ -46,6 +47,8 @@ def select_checkpoints(refs: Sequence[R], sel: CheckpointSelection, *, run_uri: 
     in_range = [r for r in ordered
                 if (sel.start is None or r.step >= sel.start) and (sel.stop is None or r.step <= sel.stop)]
     chosen = in_range[:: max(1, sel.every)]
+    if chosen and chosen[-1] is not in_range[-1]:
+        chosen.append(in_range[-1])
     if not chosen:
         raise SelectionError(
             f"No checkpoint under {run_uri} matches the selection ({describe(sel)}); available steps are "

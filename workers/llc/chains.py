@@ -137,7 +137,7 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
             break
         with torch.no_grad():
             noise = torch.empty_like(flat)
-            for row, g in zip(noise, gens):
+            for row, g in zip(noise, gens, strict=True):
                 torch.randn(row.shape, generator=g, device=dev, dtype=flat.dtype, out=row)
             offset = flat - flat0
             drift = grad.to(flat.dtype).mul_(nbeta).add_(offset, alpha=gamma)
@@ -219,7 +219,7 @@ class _PairedBaselines:
         if not self._values:
             return
         values = torch.cat(self._values).double().cpu().numpy()
-        for (c, d), b in zip(self._where, values):
+        for (c, d), b in zip(self._where, values, strict=True):
             records.baseline[c, d] = b
 
 

@@ -66,7 +66,7 @@ class ParamLayout:
     def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         lead = tuple(flat.shape[:-1])
         out: dict[str, torch.Tensor] = {}
-        for name, part, shape, dt in zip(self.names, flat.split(list(self.sizes), dim=-1), self.shapes, self.dtypes):
+        for name, part, shape, dt in zip(self.names, flat.split(list(self.sizes), dim=-1), self.shapes, self.dtypes, strict=True):
             view = part.view(lead + tuple(shape))
             out[name] = view if dt == self.dtype else view.to(dt)
         return out

@@ -24,7 +24,8 @@ def steps(sel: CheckpointSelection) -> list[int]:
 
 def test_all_every_range_and_list() -> None:
     assert steps(CheckpointSelection()) == [0, 1, 3, 7, 15, 31, 63, 127]
-    assert steps(CheckpointSelection(every=3)) == [0, 7, 63]
+    assert steps(CheckpointSelection(every=3)) == [0, 7, 63, 127]        # the last checkpoint is always kept
+    assert steps(CheckpointSelection(every=7)) == [0, 127]
     assert steps(CheckpointSelection(start=3, stop=63)) == [3, 7, 15, 31, 63]
     assert steps(CheckpointSelection(start=3, stop=63, every=2)) == [3, 15, 63]
     assert steps(CheckpointSelection(steps=[127, 0, 7])) == [0, 7, 127]

@@ -36,7 +36,7 @@ def test_demo_small_runs_end_to_end_and_reuses_its_work(tmp_path: Path) -> None:
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = _flat(first.stdout)
     assert "Developmental stages" in out
-    assert "5 new, 0 already done" in out
+    assert "6 new, 0 already done" in out
     plot = home / "aggregates" / "sweep-1" / "overview.png"
     assert f"Overview plot: {plot}" in first.stdout.replace("\n", "")
     with Image.open(plot) as img:
@@ -48,14 +48,14 @@ def test_demo_small_runs_end_to_end_and_reuses_its_work(tmp_path: Path) -> None:
     statuses = dict(db.execute("select status, count(*) from jobs group by status").fetchall())
     llcs = [r[0] for r in db.execute("select llc_mean from results").fetchall()]
     db.close()
-    assert statuses == {"succeeded": 5}
-    assert len(llcs) == 5 and all(v is not None and abs(v) < 1e4 for v in llcs)
+    assert statuses == {"succeeded": 6}
+    assert len(llcs) == 6 and all(v is not None and abs(v) < 1e4 for v in llcs)
     assert (home / "mlflow.db").exists()
 
     second = _llc(["demo", "--small"], home)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "reused" in second.stdout
-    assert "0 new, 5 already done" in _flat(second.stdout)
+    assert "0 new, 6 already done" in _flat(second.stdout)
 
 
 def test_demo_refuses_a_bad_override_before_any_work(tmp_path: Path) -> None:

@@ -89,3 +89,26 @@ def test_unknown_schedule_key_is_refused(conf: Path, capsys: pytest.CaptureFixtu
         load_schedule(["schedule=typo"], conf_dir=conf)
     with pytest.raises(ConfigError, match="schedule.cron must be a 5-field cron expression"):
         load_schedule(["schedule.cron=every night"], conf_dir=conf)
+
+
+def test_nightly_once_run_submits_and_runs_the_new_jobs(s3_endpoint: str, db: str, ray_cluster: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # `llc nightly --once --run`: the watched sweep's jobs are submitted, then a scheduler in the
+    # same process runs them on the (real, local) Ray cluster until they are done.
+    from services.store.models import Result
+
+    storage, _ = tiny_run(s3_endpoint)
+    args = ["nightly", "--once", "--run", "--no-tracking", "storage=s3", f"storage.uri={storage}",
+            "schedule.sweeps=[small]", "sweep.dataset.max_sequences=32", *SAMPLER]
+    assert llc_main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "nightly: sweep 1: 4 succeeded, 0 diverged, 0 failed" in out    # steps 0 and 6 (the last) x 2 eps
+    with session_scope(db) as s:
+        assert [j.status for j in s.scalars(select(Job))] == ["succeeded"] * 4
+        assert int(s.scalar(select(func.count()).select_from(Result))) == 4
+    # The next firing finds nothing new and runs nothing.
+    assert llc_main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "0 new, 4 already done" in out and "nightly: sweep" not in out
+    with session_scope(db) as s:
+        assert int(s.scalar(select(func.count()).select_from(Result))) == 4

@@ -109,6 +109,6 @@ def test_nightly_once_run_submits_and_runs_the_new_jobs(s3_endpoint: str, db: st
     # The next firing finds nothing new and runs nothing.
     assert llc_main(args) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "0 new, 4 already done" in out and "nightly: sweep" not in out
+    assert "0 new, 4 already done" in out and " succeeded, " not in out     # no scheduler report
     with session_scope(db) as s:
         assert int(s.scalar(select(func.count()).select_from(Result))) == 4

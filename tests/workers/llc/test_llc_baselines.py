@@ -103,3 +103,34 @@ def test_a_dataset_larger_than_the_draws_batches_gets_direct_paired_baselines() 
     res = estimate_llc(model, half_mse, data, config=cfg)        # 2 x 10 x 100 = 2,000 < 5,000 items
     assert res.notes["baseline"].startswith("direct: the dataset (5000 items)")
     np.testing.assert_allclose(res.baseline_trace, _paired_by_hand(model, half_mse, data, cfg), rtol=1e-6)
+
+
+def test_a_weighted_mean_over_a_few_items_is_caught_by_the_check_batches() -> None:
+    # Token-weighted losses where 2% of the items count half (as with a few padded sequences):
+    # most batches look like per-item means, but the check batches (1/16 of the draws) meet the
+    # odd ones, so the table is refused and the baselines stay exact.
+    import torch
+    from torch.utils.data import TensorDataset
+
+    model, data = linear_regression(n=2_000, d_in=4, d_out=2, seed=9)
+    x, y = data.tensors
+    weights = torch.ones(2_000)
+    weights[torch.randperm(2_000, generator=torch.Generator().manual_seed(0))[:40]] = 0.5
+    weighted = TensorDataset(x, y, weights)
+
+    def weighted_mean(m, batch):
+        xb, yb, wb = batch
+        per_item = 0.5 * ((m(xb) - yb) ** 2).sum(-1)
+        return (wb * per_item).sum() / wb.sum()
+
+    cfg = SGLDConfig(epsilon=1e-5, num_chains=4, num_draws=100, num_burnin=0, batch_size=32, seed=4)
+    res = estimate_llc(model, weighted_mean, weighted, config=cfg)
+    assert res.notes["baseline"].startswith("direct: loss_fn is not a mean of per-item losses")
+    want = np.zeros((4, 100))
+    from workers.llc.data import IndexStream, chain_generator
+    with torch.no_grad():
+        for c in range(4):
+            stream = IndexStream(2_000, 32, chain_generator(4, c, 0))
+            batches = [stream.next() for _ in range(100)]
+            want[c] = [float(weighted_mean(model, [t[idx] for t in weighted.tensors])) for idx in batches]
+    np.testing.assert_allclose(res.baseline_trace, want, rtol=1e-6)

@@ -101,6 +101,7 @@ class _Stepper:
         self._frozen_full = self._untie(frozen)
         self._compiled: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
         self._compiled_ran = False
+        self._first_compiled_call = False     # set by _loss, cleared (and timed) by loss_and_grad
         self.compile_error: str | None = None
         self.compile_s = 0.0
         if compile:
@@ -124,16 +125,36 @@ class _Stepper:
             return self._eager_loss(x, batch)
         if self._compiled_ran:
             return self._compiled(x, batch)
-        started = time.perf_counter()
         try:
             out = self._compiled(x, batch)
         except Exception as exc:  # noqa: BLE001 - a model dynamo/inductor cannot compile runs eagerly
-            self._compiled = None
-            self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-            warnings.warn(f"torch.compile failed, running the SGLD steps eagerly ({self.compile_error})", stacklevel=2)
+            self._give_up_compiling(exc)
             return self._eager_loss(x, batch)
-        self._compiled_ran = True
-        self.compile_s = time.perf_counter() - started
+        self._compiled_ran = self._first_compiled_call = True
+        return out
+
+    def _give_up_compiling(self, exc: Exception) -> None:
+        self._compiled = None
+        self._first_compiled_call = False
+        self.compile_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        warnings.warn(f"torch.compile failed, running the SGLD steps eagerly ({self.compile_error})", stacklevel=3)
+
+    def _loss_and_grad_timed(self, fn: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run fn; the first compiled call's whole wall time (forward and the backward that
+        AOTAutograd compiles lazily at its first use) is the compile time."""
+        if self._compiled is None or self._compiled_ran:
+            return fn()
+        started = time.perf_counter()
+        try:
+            out = fn()
+        except Exception as exc:
+            if not self._first_compiled_call:     # an eager failure (or already fell back): the caller's error
+                raise
+            self._give_up_compiling(exc)          # the backward's lazy compile failed: run eagerly
+            return fn()
+        if self._first_compiled_call:
+            self._first_compiled_call = False
+            self.compile_s = time.perf_counter() - started
         return out
 
     def _untie(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -197,6 +218,9 @@ class VectorizedStepper(_Stepper):
 
     def loss_and_grad(self, flat: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Loss and gradient at each row of flat."""
+        return self._loss_and_grad_timed(lambda: self._vmapped_loss_and_grad(flat, batch))
+
+    def _vmapped_loss_and_grad(self, flat: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x = flat.detach().requires_grad_(True)
         with torch.enable_grad():
             losses = self._loss(x, batch)
@@ -224,6 +248,9 @@ class SequentialStepper(_Stepper):
         return self._call(self.layout.split(x), batch)
 
     def loss_and_grad(self, flat: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._loss_and_grad_timed(lambda: self._chain_loss_and_grad(flat, batch))
+
+    def _chain_loss_and_grad(self, flat: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         x = flat[0].detach().requires_grad_(True)
         with torch.enable_grad():
             loss = self._loss(x, batch)

@@ -180,7 +180,7 @@ def run_devinterp(problem: str, tmp: Path, threads: int, repeat: int = 1) -> dic
 
 # ---------------------------------------------------------------- our side
 def ours(problem: str, tmp: Path, *, vectorize: bool | None, baseline: str | int,
-         draws: int = DRAWS, repeat: int = 1, compile: bool = False) -> tuple[float, object]:
+         draws: int = DRAWS, repeat: int = 1, compile: bool | None = None) -> tuple[float, object]:
     from safetensors.torch import load_file
 
     from workers.llc import SGLDConfig, estimate_llc
@@ -267,38 +267,35 @@ def main() -> None:
         rep = args.repeat_a if prob == "a" else args.repeat_b
         di = run_devinterp(prob, tmp, args.threads, repeat=rep)
         comparable = "full" if prob == "a" else 32                 # devinterp's init loss: full data (a) / 32 batches (b)
-        t_vec, r_vec = ours(prob, tmp, vectorize=None, baseline="paired", repeat=rep)
-        t_cmp, r_cmp = ours(prob, tmp, vectorize=None, baseline=comparable, repeat=rep)
-        # (b) already runs sequentially by default on CPU: no separate sequential run there.
-        t_seq, r_seq = (t_vec, r_vec) if r_vec.path == "sequential" else \
-            ours(prob, tmp, vectorize=False, baseline="paired", repeat=rep)
-        # compile=True: the first run compiles from an empty cache (TORCHINDUCTOR_CACHE_DIR is a
-        # fresh directory, set in main); later runs find the compiled graphs in torch's caches,
-        # as a worker's later jobs on the same architecture do.
+        # compile=True from an empty cache first (TORCHINDUCTOR_CACHE_DIR is a fresh directory, set
+        # in main); the later compiled runs find the graphs in torch's caches, as a worker's later
+        # jobs on the same architecture do. The default (compile=None) compiles (b), not (a).
         t_cold, r_cold = ours(prob, tmp, vectorize=None, baseline="paired", compile=True)
-        t_warm, r_warm = ours(prob, tmp, vectorize=None, baseline="paired", compile=True, repeat=rep)
+        t_def, r_def = ours(prob, tmp, vectorize=None, baseline="paired", repeat=rep)
+        t_eager, r_eager = ours(prob, tmp, vectorize=None, baseline="paired", compile=False, repeat=rep)
+        t_cmp, r_cmp = ours(prob, tmp, vectorize=None, baseline=comparable, repeat=rep)
         se = math.hypot(di["llc_std"], r_cmp.llc_std) / math.sqrt(CHAINS)
         label = "(a) linear regression 10->5, n=10k, batch 256" if prob == "a" else \
             "(b) GPT-2 2 layers d64 ctx64, batch 32"
         print(f"\n{label}")
-        print(f"  devinterp 2.0.1                     {di['wall_s']:8.2f} s   llc {di['llc_mean']:9.3f} +- {di['llc_std']:.3f}")
+        print(f"  devinterp 2.0.1                        {di['wall_s']:8.2f} s   llc {di['llc_mean']:9.3f} +- {di['llc_std']:.3f}")
 
         def row(name: str, t: float, r, extra: str = "") -> None:
-            print(f"  ours {name:<31}{t:8.2f} s   llc {r.llc_mean:9.3f} +- {r.llc_std:.3f}   speedup x{di['wall_s'] / t:.1f}"
-                  f"{extra}")
-        row(f"({r_vec.path}, paired)", t_vec, r_vec, f"   baseline: {r_vec.notes['baseline']}")
-        row(f"({r_cmp.path}, {comparable})", t_cmp, r_cmp,
+            how = f"{r.path}{', compiled' if r.diagnostics['compiled'] else ''}"
+            print(f"  ours {name:<16}{'(' + how + ')':<24}{t:8.2f} s   llc {r.llc_mean:9.3f} +- {r.llc_std:.3f}"
+                  f"   speedup x{di['wall_s'] / t:.1f}{extra}")
+        row("default", t_def, r_def, f"   baseline: {r_def.notes['baseline']}; compile: {r_def.notes.get('compile', 'no')}")
+        row(f"baseline={comparable}", t_cmp, r_cmp,
             f"   |diff vs devinterp| = {abs(r_cmp.llc_mean - di['llc_mean']):.3f} ({abs(r_cmp.llc_mean - di['llc_mean']) / se:.1f} se)")
-        if r_vec.path != "sequential":
-            row("(sequential, paired)", t_seq, r_seq)
-        row(f"({r_cold.path}, paired, compile cold)", t_cold, r_cold,
-            f"   of which compile {r_cold.diagnostics['compile_time_s']:.1f} s")
-        row(f"({r_warm.path}, paired, compile warm)", t_warm, r_warm,
-            f"   of which compile {r_warm.diagnostics['compile_time_s']:.1f} s")
+        row("compile=False", t_eager, r_eager)
+        row("compile cold", t_cold, r_cold, f"   of which the first compiled step {r_cold.diagnostics['compile_time_s']:.1f} s")
+        if r_eager.path != "sequential":
+            t_seq, r_seq = ours(prob, tmp, vectorize=False, baseline="paired", compile=False, repeat=rep)
+            row("vectorize=False", t_seq, r_seq)
         if prob == "b":
             peak = matmul_peak(args.threads)
             step, fwd = flops_per_chain_step(tmp)
-            for name, t, r in (("eager, paired", t_vec, r_vec), ("compiled, paired, warm", t_warm, r_warm)):
+            for name, t, r in (("default", t_def, r_def), ("compile=False", t_eager, r_eager)):
                 # The work done: every chain-step's forward+backward, plus the paired baselines'
                 # forwards (one per item for the per-item table, else one per draw).
                 per_item = r.diagnostics["baseline_item_table"]

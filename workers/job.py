@@ -60,7 +60,7 @@ class JobSpec:
     num_threads: int | None = None        # pin torch threads to the worker's CPU share
     cache_dir: str | None = None          # default from LLC_CACHE_DIR / embedded default
     sample_params: tuple[str, ...] | None = None   # weight-restricted LLC (fnmatch patterns)
-    compile: bool = False                 # torch.compile the SGLD step (how it runs, not what: not in the job key)
+    compile: bool | None = None           # torch.compile the SGLD step; None: auto (how it runs, not what: not in the job key)
 
 
 def _json_float(x: Any) -> float | None:

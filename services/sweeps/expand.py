@@ -65,7 +65,7 @@ def expand_sweep(cfg: LLCConfig, checkpoints: Sequence[CheckpointLike], *, stora
             for seed in sweep.seeds:
                 spec = JobSpec(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, step=ref.step, dataset=dataset,
                                sampler=sampler, seed=int(seed), device=sweep.device, num_threads=num_threads,
-                               sample_params=sample_params, compile=bool(sweep.compile))
+                               sample_params=sample_params, compile=sweep.compile)
                 key = job_key(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, dataset=asdict(dataset),
                               sampler=hyper, seed=int(seed), estimator_version=estimator_version)
                 jobs.append(PlannedJob(checkpoint=ref, key=key, hyperparameters=hyper, seed=int(seed),

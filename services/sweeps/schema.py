@@ -86,7 +86,8 @@ class SweepConfig:
     device: str = "auto"
     # torch.compile each job's SGLD step: a one-off compile per worker process and model
     # shape (cached on disk by torch), then fused kernels; pays off for jobs of minutes.
-    compile: bool = False
+    # null: the estimator decides (CPU jobs of >= 1 TFLOP of steps; never on GPU).
+    compile: Optional[bool] = None
     sample_params: Optional[List[str]] = None   # weight-restricted LLC (fnmatch patterns)
 
 

@@ -20,8 +20,9 @@ class SGLDConfig:
     divergence_ratio: a chain diverges when its loss is non-finite or exceeds
     L_m(w*) + divergence_ratio * (|L_m(w*)| + 1).
     compile: run each step's loss and gradient as a torch.compile'd graph (fused kernels; pays
-    a one-off compile, ~20-40 s for a small transformer on CPU, cached on disk by torch for
-    later processes); falls back to eager when the model cannot be compiled.
+    a one-off compile, 10-15 s for a small transformer on CPU, cached on disk by torch for
+    later processes); falls back to eager when the model cannot be compiled. None: compile
+    CPU jobs with at least 1 TFLOP of SGLD steps (estimator._AUTO_COMPILE_FLOPS), never on GPU.
     mala: also estimate the Metropolis (MALA) acceptance rate of the SGLD proposals
     (one extra forward+backward per draw).
     """
@@ -41,7 +42,7 @@ class SGLDConfig:
     bf16_autocast: bool = False
     divergence_ratio: float = 100.0
     mala: bool = False
-    compile: bool = False
+    compile: bool | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.sample_params, str):

@@ -35,6 +35,11 @@ _STATE_COPIES = 8
 # 1.9 GFLOP/step, 121 s vectorized vs 70 s sequential); below it, vmap's saved Python
 # overhead wins (benchmark (a): 1.8x). GPUs always take the vectorized path.
 _CPU_SEQUENTIAL_FLOPS = 50e6
+# compile=None compiles CPU jobs whose SGLD steps add up to this many FLOPs (~30 s eager at the
+# ~30 GFLOP/s eager reaches on the GPT-2 benchmark): the one-off compile (10-15 s for a small
+# transformer, then cached on disk by torch) is then repaid at ×1.4 per step (benchmark (b):
+# 1.3 TFLOP, eager 40-44 s, compiled 42 s cold / 27 s warm). GPUs compile only when asked.
+_AUTO_COMPILE_FLOPS = 1e12
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
@@ -139,12 +144,17 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     native = all(t is not None and v.data_ptr() == t.data_ptr() for k, v in star.items()
                  for t in [dict(module.named_parameters(remove_duplicate=False)).get(k, dict(module.named_buffers()).get(k))])
     common = dict(module=module, layout=layout, frozen=frozen, star=star, device=dev, bf16=cfg.bf16_autocast,
-                  star_is_native=native, compile=cfg.compile)
+                  star_is_native=native, compile=False)
     seq = SequentialStepper(**common)
     with torch.no_grad():
         probe_loss = _check_loss(seq._call(layout.split(flat0), probe), "on the first batch").float()
+    flops = _step_flops(seq, source, flat0, cfg.batch_size) if dev.type == "cpu" else None
+    compile_steps, compile_note = _want_compile(cfg, dev, flops)
+    if compile_steps:
+        common["compile"] = True
+        seq = SequentialStepper(**common)
 
-    stepper, fallback_reason = _choose_stepper(cfg, common, seq, source, flat0, probe_loss, dev)
+    stepper, fallback_reason = _choose_stepper(cfg, common, seq, source, flat0, probe_loss, dev, flops)
     baseline_const = constant_baseline(cfg, seq, source, n)
     paired: Any | None = None
     baseline_method = "constant"
@@ -180,18 +190,30 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     return _summarize(records, cfg=cfg, nbeta=nbeta, n=n, baseline_const=baseline_const, path=stepper.path,
                       fallback_reason=fallback_reason, sampling_s=sampling_s,
                       wall_s=time.perf_counter() - started, num_sampled=layout.numel, device=str(dev),
-                      stepper=stepper, baseline_method=baseline_method)
+                      stepper=stepper, baseline_method=baseline_method, compile_note=compile_note)
+
+
+def _want_compile(cfg: SGLDConfig, dev: torch.device, flops: float | None) -> tuple[bool, str | None]:
+    """cfg.compile, or for None: compile long CPU jobs (see _AUTO_COMPILE_FLOPS)."""
+    if cfg.compile is not None:
+        return bool(cfg.compile), None
+    if dev.type != "cpu" or flops is None:
+        return False, None
+    work = flops * cfg.num_chains * cfg.num_steps
+    if work < _AUTO_COMPILE_FLOPS:
+        return False, None
+    return True, f"auto: {work / 1e12:.1f} TFLOP of SGLD steps on CPU"
 
 
 def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStepper, source: BatchSource,
-                    flat0: torch.Tensor, probe_loss: torch.Tensor, dev: torch.device) -> tuple[Any, str | None]:
+                    flat0: torch.Tensor, probe_loss: torch.Tensor, dev: torch.device,
+                    flops: float | None) -> tuple[Any, str | None]:
     if cfg.vectorize is False or cfg.num_chains == 1:
         return seq, None
     need = cfg.num_chains * flat0.numel() * flat0.element_size() * _STATE_COPIES
     if cfg.vectorize is None and need > _VMAP_MEMORY_FRACTION * _free_memory(dev):
         return seq, f"stacked state of {cfg.num_chains} chains (~{need / 2**30:.1f} GiB) exceeds the memory budget"
-    if cfg.vectorize is None and dev.type == "cpu":
-        flops = _step_flops(seq, source, flat0, cfg.batch_size)
+    if cfg.vectorize is None and flops is not None:
         if flops > _CPU_SEQUENTIAL_FLOPS:
             return seq, f"compute-bound on CPU ({flops / 1e6:.0f} MFLOP per chain-step): sequential chains are faster there"
     vec = VectorizedStepper(**common)
@@ -219,19 +241,22 @@ def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStep
     return vec, None
 
 
-def _step_flops(seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor, batch_size: int) -> float:
-    """FLOPs of one chain's forward+backward on a probe batch (torch's own counter)."""
+def _step_flops(seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor, batch_size: int) -> float | None:
+    """FLOPs of one chain's forward+backward on a probe batch (torch's own counter; None if it cannot count)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x = flat0.detach().requires_grad_(True)
-    with FlopCounterMode(display=False) as counter, torch.enable_grad():   # eager, never the compiled step
-        torch.autograd.grad(seq._call(seq.layout.split(x), source.gather(torch.arange(batch_size))).float(), x)
+    try:
+        with FlopCounterMode(display=False) as counter, torch.enable_grad():   # eager, never the compiled step
+            torch.autograd.grad(seq._call(seq.layout.split(x), source.gather(torch.arange(batch_size))).float(), x)
+    except RuntimeError:
+        return None
     return float(counter.get_total_flops())
 
 
 def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, baseline_const: float | None,
                path: str, fallback_reason: str | None, sampling_s: float, wall_s: float, num_sampled: int,
-               device: str, stepper: Any, baseline_method: str) -> LLCResult:
+               device: str, stepper: Any, baseline_method: str, compile_note: str | None) -> LLCResult:
     base = rec.baseline if baseline_const is None else np.full_like(rec.loss, baseline_const)
     ok = ~rec.diverged
     per_chain = np.full(cfg.num_chains, np.nan)
@@ -264,6 +289,8 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
     notes = {"baseline": baseline_method}
     if stepper.compile_error:
         notes["compile"] = stepper.compile_error
+    elif compile_note and stepper.compiled:
+        notes["compile"] = compile_note
     baseline_loss = float(np.nanmean(good_base)) if baseline_const is None and good_base.size else (
         baseline_const if baseline_const is not None else float("nan"))
     return LLCResult(

@@ -44,3 +44,22 @@ def test_without_a_working_cpp_compiler_the_steps_run_eagerly_and_say_why() -> N
     assert not res.diagnostics["compiled"]
     assert res.notes["compile"]
     np.testing.assert_array_equal(res.loss_trace, eager.loss_trace)
+
+
+def test_auto_compile_picks_long_cpu_jobs_only() -> None:
+    import math
+
+    from workers.llc.estimator import _AUTO_COMPILE_FLOPS, _want_compile
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    long = SGLDConfig(num_chains=4, num_draws=200, num_burnin=0)          # 800 chain-steps
+    per_step = math.ceil(_AUTO_COMPILE_FLOPS / 800)
+    assert _want_compile(long, cpu, per_step) == (True, "auto: 1.0 TFLOP of SGLD steps on CPU")
+    assert _want_compile(long, cpu, per_step // 2) == (False, None)
+    assert _want_compile(long, cuda, None) == (False, None)                 # GPUs compile only when asked
+    assert _want_compile(replace(long, compile=False), cpu, per_step) == (False, None)
+    assert _want_compile(replace(long, compile=True), cpu, 1.0) == (True, None)
+    # A small job on the estimator's own choice stays eager.
+    model, data = linear_regression(n=500, d_in=3, d_out=1, seed=3)
+    res = estimate_llc(model, half_mse, data, config=SGLDConfig(num_chains=2, num_draws=10, batch_size=20))
+    assert not res.diagnostics["compiled"] and "compile" not in res.notes

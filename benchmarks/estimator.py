@@ -278,7 +278,7 @@ def main() -> None:
         label = "(a) linear regression 10->5, n=10k, batch 256" if prob == "a" else \
             "(b) GPT-2 2 layers d64 ctx64, batch 32"
         print(f"\n{label}")
-        print(f"  devinterp 2.0.1                        {di['wall_s']:8.2f} s   llc {di['llc_mean']:9.3f} +- {di['llc_std']:.3f}")
+        print(f"  {'devinterp 2.0.1':<45}{di['wall_s']:8.2f} s   llc {di['llc_mean']:9.3f} +- {di['llc_std']:.3f}")
 
         def row(name: str, t: float, r, extra: str = "") -> None:
             how = f"{r.path}{', compiled' if r.diagnostics['compiled'] else ''}"

@@ -107,7 +107,7 @@ def test_a_dataset_larger_than_the_draws_batches_gets_direct_paired_baselines() 
 
 def test_a_weighted_mean_over_a_few_items_is_caught_by_the_check_batches() -> None:
     # Token-weighted losses where 2% of the items count half (as with a few padded sequences):
-    # most batches look like per-item means, but the check batches (1/16 of the draws) meet the
+    # most batches look like per-item means, but the check batches (1/32 of the draws) meet the
     # odd ones, so the table is refused and the baselines stay exact.
     import torch
     from torch.utils.data import TensorDataset

@@ -229,6 +229,11 @@ class Tracker:
         flat_params = {"checkpoint_step": step, **params}
         param_objs = [Param(metric_name(str(k)), str(v)[:6000]) for k, v in sorted(flat_params.items())]
         tags = [RunTag(f"llc.{k}", str(data[k])) for k in ("device", "host", "estimator_version") if k in data]
+        # How the estimate ran, in words: the chain path, why not vectorized, baseline method, compile.
+        extra = data.get("extra") or {}
+        how = {"path": extra.get("path"), "fallback_reason": extra.get("fallback_reason"),
+               **{f"note.{k}": v for k, v in (extra.get("notes") or {}).items()}}
+        tags += [RunTag(f"llc.{k}", str(v)[:5000]) for k, v in how.items() if v]
 
         metrics: list[Any] = []
         for key in ("llc_mean", "llc_std", "init_loss", "baseline_loss", "nbeta", "n", "wall_time_s"):

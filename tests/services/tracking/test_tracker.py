@@ -20,6 +20,7 @@ def _result(chains: int = 3, draws: int = 400) -> dict:
         "diagnostics": {"r_hat": 1.03, "ess": 250.0, "mala_acceptance": None, "frac_draws_below_init": 0.125},
         "loss_trace": [[2.25 + 0.001 * d + 0.1 * c for d in range(draws)] for c in range(chains)],
         "wall_time_s": 4.5, "device": "cpu", "host": "h", "estimator_version": "1",
+        "extra": {"path": "sequential", "fallback_reason": "compute-bound on CPU", "notes": {"baseline": "item_table"}},
     }
 
 
@@ -57,6 +58,8 @@ def test_log_job_child_run_params_metrics_and_trace(tracker: Tracker, mlflow_ser
     assert run.info.status == "FINISHED"
     assert run.data.params["checkpoint_step"] == "1000"
     assert run.data.params["epsilon"] == "0.0001"
+    assert (run.data.tags["llc.path"], run.data.tags["llc.note.baseline"]) == ("sequential", "item_table")
+    assert run.data.tags["llc.fallback_reason"] == "compute-bound on CPU" and "llc.note.compile" not in run.data.tags
     assert run.data.metrics["llc_mean"] == pytest.approx(12.5)
     assert run.data.metrics["llc_chain/2"] == pytest.approx(13.0)
     assert run.data.metrics["diag/r_hat"] == pytest.approx(1.03)

@@ -148,11 +148,13 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     seq = SequentialStepper(**common)
     with torch.no_grad():
         probe_loss = _check_loss(seq._call(layout.split(flat0), probe), "on the first batch").float()
-    flops = _step_flops(seq, source, flat0, cfg.batch_size) if dev.type == "cpu" else None
+    # FLOPs per chain-step steer two CPU choices: sequential vs vmapped chains, and auto-compile.
+    wants_flops = dev.type == "cpu" and (cfg.compile is None or (cfg.vectorize is None and cfg.num_chains > 1))
+    flops = _step_flops(seq, source, flat0, cfg.batch_size) if wants_flops else None
     compile_steps, compile_note = _want_compile(cfg, dev, flops)
     if compile_steps:
         common["compile"] = True
-        seq = SequentialStepper(**common)
+        seq.enable_compile()
 
     stepper, fallback_reason = _choose_stepper(cfg, common, seq, source, flat0, probe_loss, dev, flops)
     baseline_const = constant_baseline(cfg, seq, source, n)

@@ -105,6 +105,11 @@ class _Stepper:
         self.compile_error: str | None = None
         self.compile_s = 0.0
         if compile:
+            self.enable_compile()
+
+    def enable_compile(self) -> None:
+        """Run the loss as a torch.compile'd graph from the next step on (compiled at first use)."""
+        if self._compiled is None and self.compile_error is None:
             self._compiled = torch.compile(self._traced_loss, dynamic=False)
 
     @property

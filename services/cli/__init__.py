@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "services.cli.demo",
     "services.cli.aggregate",
     "services.cli.db",
+    "services.cli.doctor",
     "services.cli.nightly",
     "services.cli.sweeps",
     "services.cli.train_demo",

@@ -47,7 +47,7 @@ def _doctor(args: argparse.Namespace) -> int:
             table.add_column(col, overflow="fold")
         for c in checks:
             table.add_row(c.name, c.target, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.detail)
-        Console(width=160).print(table)
+        Console().print(table)
     for c in checks:
         if not c.ok:
             print(f"llc doctor: {c.name}: {c.detail}", file=sys.stderr)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.store.models import ACTIVE_STATUSES, Job, Sweep, SweepJob
+from services.store.models import ACTIVE_STATUSES, Job, JobStatus, Sweep, SweepJob
 
 
 def sweeps_of(session: Session, job_ids: Sequence[int]) -> dict[int, list[int]]:
@@ -49,3 +49,11 @@ def finished_sweeps(session: Session, sweep_ids: Sequence[int]) -> list[int]:
         return []
     return list(session.scalars(select(Sweep.id).where(Sweep.id.in_(list(sweep_ids)), Sweep.status == "finished")
                                 .order_by(Sweep.id)).all())
+
+
+def note_jobs(session: Session, *, owner: str, notes: dict[int, str | None]) -> None:
+    """Set (or clear, None) why this owner's running jobs are stuck; `llc status` shows the note."""
+    for note in set(notes.values()):
+        ids = [i for i, n in notes.items() if n == note]
+        session.execute(update(Job).where(Job.id.in_(ids), Job.lease_owner == owner, Job.status == JobStatus.RUNNING)
+                        .values(error=note))

@@ -19,7 +19,7 @@ from typing import Any
 import ray
 from ray import exceptions as rex
 
-from services.scheduler import claims
+from services.scheduler import claims, feasibility
 from services.scheduler.cluster import has_gpus
 from services.scheduler.followup import FinishedJob, FollowUp
 from services.scheduler.task import remote_execute_job
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 #: longest a result fetched from Ray waits for the next batched write
 WRITE_DELAY_S = 0.5
+
+#: how often in-flight tasks are checked against the live nodes' resources (a lost GPU node)
+FEASIBILITY_EVERY_S = 3.0
 
 #: Ray errors meaning the worker or node was lost (not the job's own fault): retried.
 SYSTEM_ERRORS: tuple[type[BaseException], ...] = tuple(
@@ -93,6 +96,7 @@ class _Flight:
     hyperparameters: dict[str, Any]
     sweep_ids: tuple[int, ...]
     mlflow_run_id: str | None
+    demand: dict[str, float] = field(default_factory=dict)   # node resources its Ray task asks for
 
 
 def default_owner() -> str:
@@ -118,7 +122,8 @@ class Scheduler:
         self._unwritten: list[tuple[_Flight, dict[str, Any]]] = []   # results fetched from Ray, not yet stored
         self._unwritten_since = 0.0
         self._renew_every = self._check_every = 1.0
-        self._next_renew = self._next_check = 0.0
+        self._next_renew = self._next_check = self._next_feasible = 0.0
+        self._notes: dict[int, str] = {}     # job id → why no node can run it (written to the job's error)
         #: claim once this many slots are free: half the window, so half of it stays queued in Ray
         self._claim_batch = max(1, options.max_in_flight // 2)
 
@@ -151,6 +156,8 @@ class Scheduler:
                     self._check_cancelled()
                 if now >= self._next_renew:
                     self._renew()
+                if now >= self._next_feasible:
+                    self._check_feasible()
                 if self._may_claim():
                     free = opts.max_in_flight - len(self._inflight)
                     # Claim in batches so each store round trip serves several jobs, early enough that the
@@ -220,9 +227,11 @@ class Scheduler:
                            f"job {job_id} has a stored spec this worker version cannot read ({exc}); resubmit the sweep.",
                            retry=False)
                 continue
-            ref = remote_execute_job.options(**self._task_options(sweep_ids)).remote(spec)
+            options = self._task_options(sweep_ids)
+            ref = remote_execute_job.options(**options).remote(spec)
             self._inflight[ref] = _Flight(job_id=job_id, key=key, step=int(spec.step), seed=seed, hyperparameters=hyper,
-                                          sweep_ids=sweep_ids, mlflow_run_id=run_id)
+                                          sweep_ids=sweep_ids, mlflow_run_id=run_id,
+                                          demand=feasibility.demand_of(options))
             self.report.submitted += 1
         return len(rows)
 
@@ -237,6 +246,27 @@ class Scheduler:
         if res.get("memory_gb"):
             opts["memory"] = int(float(res["memory_gb"]) * 2**30)
         return opts
+
+    def _check_feasible(self) -> None:
+        """Note on each in-flight job that no live node can run (Ray would queue it silently forever)."""
+        self._next_feasible = time.monotonic() + FEASIBILITY_EVERY_S
+        if not self._inflight:
+            return
+        nodes = ray.nodes()
+        flights = list(self._inflight.values())
+        notes: dict[int, str] = {}
+        for demand in feasibility.unmet_demands([f.demand for f in flights], nodes):
+            ids = [f.job_id for f in flights if f.demand == demand]
+            note = feasibility.unschedulable_note(feasibility.short_of(demand, nodes), len(ids))
+            notes.update(dict.fromkeys(ids, note))
+            if any(self._notes.get(i) != note for i in ids):
+                log.warning("%s", note)
+        changed = {i: n for i, n in notes.items() if self._notes.get(i) != n}
+        cleared = [i for i in self._notes if i not in notes and i in {f.job_id for f in flights}]
+        if changed or cleared:
+            with session_scope(self._url) as s:
+                claims.note_jobs(s, owner=self.owner, notes={**changed, **dict.fromkeys(cleared)})
+        self._notes = notes
 
     def _handle(self, refs: list[ray.ObjectRef]) -> None:
         """Fetch a batch of finished tasks: errors recorded one by one, results buffered for `_write`."""

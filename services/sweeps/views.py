@@ -7,6 +7,7 @@ from typing import Any
 from rich.console import Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 STATES = ("pending", "running", "succeeded", "diverged", "failed", "cancelled")
 _HYPER_SHORT = {"epsilon": "ε", "nbeta": "nβ", "gamma": "γ", "num_chains": "chains", "num_draws": "draws",
@@ -62,6 +63,10 @@ def sweep_detail(sweep: Any, counts: dict[str, int], rows: list[Any], *, max_set
                 cells.append(", ".join(_cell(r) for r in found) or "·")
             llc.add_row(str(step), *cells)
         parts.append(llc)
+    stuck = sorted({r.error for r in rows if r.status in ("pending", "running") and r.error})
+    if stuck:
+        # A scheduler's note on jobs no node can run (services/scheduler/feasibility.py), or a requeue reason.
+        parts.append(Group(*[Text(f"waiting: {note}", style="yellow") for note in stuck]))
     failures = [r for r in rows if r.status == "failed"]
     if failures:
         fail = Table(title=f"failures ({len(failures)})")

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 
 def _doctor(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, **env}
+    full = {**os.environ, "COLUMNS": "250", **env}
     return subprocess.run([sys.executable, "-m", "services.cli", "doctor"], env=full, capture_output=True, text=True,
                           timeout=180, cwd=Path(__file__).resolve().parents[2])
 

@@ -43,10 +43,10 @@ def _doctor(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     if not args.quiet:
         table = Table(title="llc doctor", caption=f"checked in {elapsed:.2f} s")
-        for col in ("check", "endpoint", "status", "detail"):
-            table.add_column(col, overflow="fold")
+        for col in ("check", "endpoint", "status", "s", "detail"):
+            table.add_column(col, overflow="fold", justify="right" if col == "s" else "left")
         for c in checks:
-            table.add_row(c.name, c.target, "[green]ok[/]" if c.ok else "[red]FAIL[/]", c.detail)
+            table.add_row(c.name, c.target, "[green]ok[/]" if c.ok else "[red]FAIL[/]", f"{c.seconds:.2f}", c.detail)
         Console().print(table)
     for c in checks:
         if not c.ok:

@@ -29,6 +29,7 @@ def healthy(db: str, s3_bucket: str, mlflow_server: str, ray_cluster: str, tmp_p
 
 def test_all_up_exits_zero_with_a_table(healthy: dict[str, str]) -> None:
     out = _doctor(healthy)
+    print(out.stdout)   # the table, with each check's seconds
     assert out.returncode == 0, out.stderr + out.stdout
     for name in ("database", "object store", "tracking", "cluster", "cache"):
         assert name in out.stdout

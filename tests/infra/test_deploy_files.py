@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -293,3 +294,19 @@ def test_dockerfile_is_multistage_nonroot_and_installs_from_the_lock() -> None:
     ignored = (ROOT / ".dockerignore").read_text().splitlines()
     for copied in re.findall(r"^COPY (?!--)(\S+)", text, re.M):
         assert f"!{copied.rstrip('/')}" in ignored or f"!{copied.rstrip('/')}/" in ignored, copied
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
+def test_kustomize_build_is_valid_and_rewrites_every_image() -> None:
+    out = subprocess.run(["kubectl", "kustomize", str(K8S)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    built = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert sorted(d["kind"] for d in built) == sorted(d["kind"] for _, d in k8s_docs())
+    images = {f"{i['newName']}:{i['newTag']}" for i in yaml.safe_load((K8S / "kustomization.yaml").read_text())["images"]}
+    for doc in built:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "llc", doc["kind"]
+        if doc["kind"] != "RayCluster":
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        for spec in pod_specs(doc):
+            assert {c["image"] for c in spec["containers"]} <= images, doc["kind"]

@@ -3,7 +3,7 @@
 # Python (3.11, manylinux x86_64). torch and its CUDA wheels are left out on purpose: the
 # Dockerfile installs torch==2.13.0 (pinned in pyproject.toml) from the PyTorch index of the
 # TORCH_VARIANT build argument (cpu by default, e.g. cu128 for GPU workers).
-# Run from the repository root:  sh infra/docker/lock.sh
+# Needs uv (`python3.11 -m pip install uv`). Run from the repository root:  sh infra/docker/lock.sh
 set -eu
 cd "$(dirname "$0")/../.."
 uv pip compile pyproject.toml \

@@ -27,7 +27,8 @@ def targets(overrides: list[str]) -> Any:
     from services.sweeps.config import load_config
     from services.sweeps.endpoints import resolve_endpoints
 
-    ends = resolve_endpoints(load_config(overrides))
+    # Without overrides the composed config adds nothing to the variables: skip composing it (a probe runs often).
+    ends = resolve_endpoints(load_config(overrides)) if overrides else endpoints()
     return Targets(database_url=ends.database_url, storage_uri=ends.storage_uri, tracking_uri=ends.tracking_uri,
                    ray_address=ends.ray_address, cache_dir=endpoints().cache_dir)
 

@@ -116,8 +116,11 @@ class JobResult:
 
 
 def causal_lm_loss(model: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over every position of every sequence in the batch."""
-    logits = model(input_ids=batch, use_cache=False).logits
+    """Mean next-token cross-entropy over every position of every sequence in the batch.
+
+    Computed in fp32 whatever the model's dtype (a bf16 log-softmax over a 50k vocabulary loses
+    the small loss differences lambda-hat is made of)."""
+    logits = model(input_ids=batch, use_cache=False).logits.float()
     return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
 
 

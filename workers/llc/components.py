@@ -149,8 +149,8 @@ def resolve_selection(model: nn.Module, selectors: str | Sequence[str] | None) -
     for part in parts:
         sel = _resolve_one(model, floating, part)
         if not sel:
-            raise ValueError(f"Nothing to sample: selector {part!r} matches no parameter "
-                             f"(names look like {list(params)[:3]}).")
+            what = f"sample_params={items}" if len(parts) == 1 else f"selector {part!r} of sample_params={items}"
+            raise ValueError(f"Nothing to sample: {what} matches no parameter (names look like {list(params)[:3]}).")
         for name, mask in sel.items():
             out[name] = _union(out[name], mask) if name in out else mask
     return {n: out[n] for n in floating if n in out}           # model order

@@ -14,7 +14,9 @@ class SGLDConfig:
     baseline: "paired" subtracts L_m(w*) on the same minibatch at every draw (lowest
     variance); "full" subtracts L_n(w*) over the whole dataset; an int K subtracts the mean
     of L_m(w*) over K seeded minibatches.
-    sample_params: fnmatch patterns of parameter names to sample; the rest stay at w*.
+    sample_params: component selectors ("l1h2", "l0.mlp", "embed", a list = union; see
+    components.py) or fnmatch patterns of parameter names; only those entries are sampled (chain
+    copies, w* and gradients exist for them alone), every other entry stays bit-identical at w*.
     vectorize: None picks the vmapped all-chains path when it fits and traces, else runs
     chains one after another; True/False force a path.
     divergence_ratio: a chain diverges when its loss is non-finite or exceeds

@@ -6,7 +6,6 @@ per-chain value is NaN, and `diverged` / diagnostics["num_diverged"] say so.
 """
 from __future__ import annotations
 
-import fnmatch
 import math
 import os
 import time
@@ -20,6 +19,7 @@ from torch.utils.data import Dataset
 
 from .baselines import constant_baseline, item_loss_table
 from .chains import ChainRecords, run_group
+from .components import resolve_selection
 from .config import SGLDConfig
 from .data import BatchSource, IndexStream, chain_generator
 from .diagnostics import ess, split_r_hat
@@ -48,20 +48,16 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def _select_params(model: nn.Module, patterns: tuple[str, ...] | None) -> list[tuple[str, torch.Tensor]]:
-    named = list(model.named_parameters())
-    for name, p in named:
+def _select_params(model: nn.Module, selectors: tuple[str, ...] | None) -> list[tuple[str, torch.Tensor, torch.Tensor | None]]:
+    """(name, parameter, bool mask or None for the whole tensor) of what is sampled (components.py)."""
+    for name, p in model.named_parameters():
         if p.is_floating_point() and not torch.isfinite(p.detach()).all():
             raise ValueError(f"Model parameter {name!r} contains NaN or inf values; load a valid checkpoint (w*) before estimating the LLC.")
-    if patterns is None:
-        chosen = [(n, p) for n, p in named if p.is_floating_point()]
-    else:
-        chosen = [(n, p) for n, p in named if p.is_floating_point() and any(fnmatch.fnmatchcase(n, pat) for pat in patterns)]
-    if not chosen:
-        what = "the model has no floating-point parameters" if patterns is None else \
-            f"sample_params={list(patterns)} matches no parameter (names look like {[n for n, _ in named[:3]]})"
-        raise ValueError(f"Nothing to sample: {what}.")
-    return chosen
+    params = dict(model.named_parameters())
+    selection = resolve_selection(model, selectors)
+    if not selection:
+        raise ValueError("Nothing to sample: the model has no floating-point parameters.")
+    return [(n, params[n], mask) for n, mask in selection.items()]
 
 
 def _master_dtype(dtypes: list[torch.dtype]) -> torch.dtype:
@@ -124,19 +120,16 @@ def estimate_llc(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, config:
 
 
 def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDConfig, dev: torch.device, n: int,
-              chosen: list[tuple[str, torch.Tensor]], nbeta: float,
+              chosen: list[tuple[str, torch.Tensor, torch.Tensor | None]], nbeta: float,
               progress: Callable[[int, int], None] | None) -> LLCResult:
     started = time.perf_counter()
     module = LossModule(model, loss_fn)
     star: dict[str, torch.Tensor] = {f"model.{k}": v.detach().to(dev) for k, v in model.named_parameters()}
     star.update({f"model.{k}": v.detach().to(dev) for k, v in model.named_buffers()})
-    sampled = {f"model.{k}" for k, _ in chosen}
-    frozen = {k: v for k, v in star.items() if k not in sampled}
-    dtypes = [p.dtype for _, p in chosen]
-    master = _master_dtype(dtypes)
-    layout = ParamLayout(names=tuple(f"model.{k}" for k, _ in chosen), shapes=tuple(p.shape for _, p in chosen),
-                         sizes=tuple(p.numel() for _, p in chosen), dtypes=tuple(dtypes), dtype=master)
-    flat0 = torch.cat([star[k].reshape(-1).to(master) for k in layout.names])
+    layout = _layout(chosen, star, dev)
+    frozen = {k: v for k, v in star.items() if k not in set(layout.names)}
+    flat0 = torch.cat([(star[k].reshape(-1)[i] if i is not None else star[k].reshape(-1)).to(layout.dtype)
+                       for k, i in zip(layout.names, layout.index, strict=True)])
 
     total_steps = cfg.num_steps
     source = BatchSource(dataset, n, dev, expected_items=cfg.num_chains * total_steps * cfg.batch_size)
@@ -193,6 +186,21 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
                       fallback_reason=fallback_reason, sampling_s=sampling_s,
                       wall_s=time.perf_counter() - started, num_sampled=layout.numel, device=str(dev),
                       stepper=stepper, baseline_method=baseline_method, compile_note=compile_note)
+
+
+def _layout(chosen: list[tuple[str, torch.Tensor, torch.Tensor | None]], star: dict[str, torch.Tensor],
+            dev: torch.device) -> ParamLayout:
+    """Flat layout of the sampled entries: only they get chain copies, w* copies and gradients.
+
+    The master vector is fp32 (fp64 if any sampled parameter is) whatever the model's dtype:
+    a bf16/fp16 model computes in its own dtype on the rounded values of the fp32 chain state."""
+    names = tuple(f"model.{k}" for k, _, _ in chosen)
+    index = tuple(None if m is None else m.reshape(-1).nonzero().squeeze(1).to(dev) for _, _, m in chosen)
+    return ParamLayout(names=names, shapes=tuple(p.shape for _, p, _ in chosen),
+                       sizes=tuple(p.numel() if i is None else i.numel() for (_, p, _), i in zip(chosen, index, strict=True)),
+                       dtypes=tuple(p.dtype for _, p, _ in chosen), dtype=_master_dtype([p.dtype for _, p, _ in chosen]),
+                       index=index, base=tuple(None if i is None else star[k].reshape(-1)
+                                               for k, i in zip(names, index, strict=True)))
 
 
 def _want_compile(cfg: SGLDConfig, dev: torch.device, flops: float | None) -> tuple[bool, str | None]:

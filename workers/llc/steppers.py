@@ -58,6 +58,10 @@ class ParamLayout:
     sizes: tuple[int, ...]
     dtypes: tuple[torch.dtype, ...]
     dtype: torch.dtype              # dtype of the flat (master) vector
+    # Partly sampled parameters (a head's slice of a fused matrix): the flat indices of the
+    # sampled entries and w* flattened; None where the whole tensor is sampled.
+    index: tuple[torch.Tensor | None, ...] | None = None
+    base: tuple[torch.Tensor | None, ...] | None = None
 
     @property
     def numel(self) -> int:
@@ -66,9 +70,14 @@ class ParamLayout:
     def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         lead = tuple(flat.shape[:-1])
         out: dict[str, torch.Tensor] = {}
-        for name, part, shape, dt in zip(self.names, flat.split(list(self.sizes), dim=-1), self.shapes, self.dtypes, strict=True):
-            view = part.view(lead + tuple(shape))
-            out[name] = view if dt == self.dtype else view.to(dt)
+        parts = flat.split(list(self.sizes), dim=-1)
+        for i, (name, part, shape, dt) in enumerate(zip(self.names, parts, self.shapes, self.dtypes, strict=True)):
+            part = part if dt == self.dtype else part.to(dt)
+            idx = self.index[i] if self.index is not None else None
+            if idx is not None:   # w* with the sampled entries scattered in (differentiable in part)
+                base = self.base[i]
+                part = base.expand(*lead, base.numel()).index_copy(len(lead), idx, part)
+            out[name] = part.view(lead + tuple(shape))
         return out
 
 

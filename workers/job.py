@@ -61,6 +61,8 @@ class JobSpec:
     cache_dir: str | None = None          # default from LLC_CACHE_DIR / embedded default
     sample_params: tuple[str, ...] | None = None   # weight-restricted LLC (fnmatch patterns)
     compile: bool | None = None           # torch.compile the SGLD step; None: auto (how it runs, not what: not in the job key)
+    dtype: str = "float32"                # the model computes in: float32 | bfloat16 | float16 (SGLD state stays fp32)
+    memory_bytes: int | None = None       # memory the job may use on its device (the scheduler's figure for the worker)
 
 
 def _json_float(x: Any) -> float | None:
@@ -134,13 +136,13 @@ def resolve_device(device: str) -> str:
 
 
 # One loaded model per process: jobs of a sweep often share a checkpoint (grid points, seeds).
-_MODEL_MEMO: dict[tuple[str, str, str], tuple[nn.Module, CheckpointRef]] = {}
+_MODEL_MEMO: dict[tuple[str, str, str, str], tuple[nn.Module, CheckpointRef]] = {}
 
 
 def _load_model(spec: JobSpec, cache: LocalCache, device: str) -> tuple[nn.Module, CheckpointRef]:
     from workers.loading import load_checkpoint  # transformers: only where a job runs, not where specs are built
 
-    key = (spec.checkpoint_uri, spec.fingerprint, device)
+    key = (spec.checkpoint_uri, spec.fingerprint, device, spec.dtype)
     if key in _MODEL_MEMO:
         return _MODEL_MEMO[key]
     ref = inspect_checkpoint(spec.checkpoint_uri, step=spec.step)
@@ -148,10 +150,13 @@ def _load_model(spec: JobSpec, cache: LocalCache, device: str) -> tuple[nn.Modul
         raise JobInputError(f"Checkpoint {spec.checkpoint_uri} changed since the sweep was submitted (fingerprint "
                             f"{ref.fingerprint[:12]} != {spec.fingerprint[:12]}); resubmit the sweep to estimate "
                             "the new contents.")
-    model, ref = load_checkpoint(ref, cache=cache, device=device)
+    model, ref = load_checkpoint(ref, cache=cache, device=device, dtype=_DTYPES[spec.dtype])
     _MODEL_MEMO.clear()
     _MODEL_MEMO[key] = (model, ref)
     return model, ref
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _sgld_config(spec: JobSpec) -> Any:
@@ -162,7 +167,7 @@ def _sgld_config(spec: JobSpec) -> Any:
         return SGLDConfig(epsilon=s.epsilon, gamma=s.gamma, nbeta=s.nbeta, num_chains=s.num_chains,
                           num_draws=s.num_draws, num_burnin=s.num_burnin, steps_between_draws=s.steps_between_draws,
                           batch_size=s.batch_size, seed=spec.seed, baseline=s.baseline,
-                          sample_params=spec.sample_params, compile=spec.compile)
+                          sample_params=spec.sample_params, compile=spec.compile, memory_bytes=spec.memory_bytes)
     except ValueError as exc:
         raise JobInputError(str(exc)) from exc
 
@@ -175,6 +180,8 @@ def run_job(spec: JobSpec, *, progress: Callable[[int, int], None] | None = None
     if spec.num_threads:
         torch.set_num_threads(int(spec.num_threads))
     device = resolve_device(spec.device)
+    if spec.dtype not in _DTYPES:
+        raise JobInputError(f"dtype={spec.dtype!r} is not supported; use one of {sorted(_DTYPES)}.")
     config = _sgld_config(spec)
     cache = LocalCache(spec.cache_dir) if spec.cache_dir else LocalCache()
     try:
@@ -190,7 +197,12 @@ def run_job(spec: JobSpec, *, progress: Callable[[int, int], None] | None = None
     if config.batch_size > len(dataset):
         raise JobInputError(f"batch_size={config.batch_size} is larger than the {len(dataset)} sequences of "
                             f"{spec.dataset.uri}; lower sampler.batch_size or use more data.")
-    res = estimate_llc(model, causal_lm_loss, dataset, config=config, device=device, progress=progress)
+    from workers.llc.memory import MemoryPlanError
+
+    try:
+        res = estimate_llc(model, causal_lm_loss, dataset, config=config, device=device, progress=progress)
+    except MemoryPlanError as exc:
+        raise JobInputError(f"{spec.checkpoint_uri}: {exc}") from exc
     diagnostics: dict[str, float | bool | None] = {}
     for k, v in res.diagnostics.items():
         if isinstance(v, bool) or v is None:

@@ -90,7 +90,8 @@ def load_model_dir(local_dir: Path | str, *, uri: str | None = None, device: str
 
 
 def load_checkpoint(ref: CheckpointRef | str, *, cache: LocalCache | None = None,
-                    device: str | torch.device = "cpu") -> tuple[PreTrainedModel, CheckpointRef]:
+                    device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, CheckpointRef]:
     """Pull a checkpoint through the local cache and load it."""
     if isinstance(ref, str):
         ref = inspect_checkpoint(ref)
@@ -99,5 +100,5 @@ def load_checkpoint(ref: CheckpointRef | str, *, cache: LocalCache | None = None
         local = cache.fetch(ref.uri, ref.fingerprint, ref.files)
     except (ObjectStoreError, CacheError) as exc:
         raise CheckpointError(str(exc)) from exc
-    return load_model_dir(local, uri=ref.uri, device=device), ref
+    return load_model_dir(local, uri=ref.uri, device=device, dtype=dtype), ref
 

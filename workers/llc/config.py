@@ -27,6 +27,8 @@ class SGLDConfig:
     CPU jobs with at least 1 TFLOP of SGLD steps (estimator._AUTO_COMPILE_FLOPS), never on GPU.
     mala: also estimate the Metropolis (MALA) acceptance rate of the SGLD proposals
     (one extra forward+backward per draw).
+    memory_bytes: what the estimate may use on its device, weights included (a worker's share);
+    None: what is free there now. The memory plan (memory.py) fits the chains into it or refuses.
     """
 
     epsilon: float = 1e-4
@@ -45,6 +47,7 @@ class SGLDConfig:
     divergence_ratio: float = 100.0
     mala: bool = False
     compile: bool | None = None
+    memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.sample_params, str):
@@ -68,6 +71,9 @@ class SGLDConfig:
                 f"SGLDConfig.baseline={self.baseline!r} is invalid: use 'paired', 'full' or a positive int K (batches)."
             )
         _positive_float("divergence_ratio", self.divergence_ratio, "use e.g. 100")
+        if self.memory_bytes is not None and (isinstance(self.memory_bytes, bool) or not isinstance(self.memory_bytes, int)
+                                              or self.memory_bytes <= 0):
+            raise ValueError(f"SGLDConfig.memory_bytes={self.memory_bytes!r} is invalid: use a positive number of bytes or None.")
 
     @property
     def num_steps(self) -> int:

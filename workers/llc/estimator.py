@@ -7,7 +7,6 @@ per-chain value is NaN, and `diverged` / diagnostics["num_diverged"] say so.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,15 +20,13 @@ from .baselines import constant_baseline, item_loss_table
 from .chains import ChainRecords, run_group
 from .components import resolve_selection
 from .config import SGLDConfig
+from .accumulate import AccumulatingStepper
 from .data import BatchSource, IndexStream, chain_generator
 from .diagnostics import ess, split_r_hat
+from .memory import MemoryEstimate, MemoryPlan, free_memory, measure_activations, plan_memory
 from .result import LLCResult
 from .steppers import LossFn, LossModule, ParamLayout, SequentialStepper, VectorizedStepper
 
-# Fraction of free memory the stacked chain state may take before chains run one by one.
-_VMAP_MEMORY_FRACTION = 0.25
-# Floats of (chains, D) state per chain in the vectorized path: flat, grad, noise, drift, offset, temps.
-_STATE_COPIES = 8
 # On CPU, above this many FLOPs per chain-step the work is compute-bound and vmapped
 # (batched) kernels ran slower than one chain at a time (benchmarks/estimator.py (b):
 # 1.9 GFLOP/step, 121 s vectorized vs 70 s sequential); below it, vmap's saved Python
@@ -64,15 +61,6 @@ def _master_dtype(dtypes: list[torch.dtype]) -> torch.dtype:
     if any(d == torch.float64 for d in dtypes):
         return torch.float64
     return torch.float32
-
-
-def _free_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 1 << 34
 
 
 def _check_loss(value: Any, where: str) -> torch.Tensor:
@@ -141,6 +129,7 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     seq = SequentialStepper(**common)
     with torch.no_grad():
         probe_loss = _check_loss(seq._call(layout.split(flat0), probe), "on the first batch").float()
+    plan = _memory_plan(cfg, seq, source, flat0, star, dev)
     # FLOPs per chain-step steer two CPU choices: sequential vs vmapped chains, and auto-compile.
     wants_flops = dev.type == "cpu" and (cfg.compile is None or (cfg.vectorize is None and cfg.num_chains > 1))
     flops = _step_flops(seq, source, flat0, cfg.batch_size) if wants_flops else None
@@ -149,7 +138,7 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
         common["compile"] = True
         seq.enable_compile()
 
-    stepper, fallback_reason = _choose_stepper(cfg, common, seq, source, flat0, probe_loss, dev, flops)
+    stepper, fallback_reason = _choose_stepper(cfg, common, seq, source, flat0, probe_loss, dev, flops, plan)
     baseline_const = constant_baseline(cfg, seq, source, n)
     paired: Any | None = None
     baseline_method = "constant"
@@ -172,7 +161,10 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     streams = [IndexStream(n, cfg.batch_size, chain_generator(cfg.seed, c, 0)) for c in range(cfg.num_chains)]
     noise = [chain_generator(cfg.seed, c, 1, dev) for c in range(cfg.num_chains)]
     t0 = time.perf_counter()
-    groups = [list(range(cfg.num_chains))] if stepper.path == "vectorized" else [[c] for c in range(cfg.num_chains)]
+    size = plan.chains_per_group if stepper.path == "vectorized" else 1
+    groups = [list(range(c, min(c + size, cfg.num_chains))) for c in range(0, cfg.num_chains, size)]
+    if plan.micro_batches > 1:
+        stepper = AccumulatingStepper(stepper, plan.micro_batches)
     for g in groups:
         run_group(stepper=stepper, source=source, chains=g, streams=[streams[c] for c in g],
                   noise_gens=[noise[c] for c in g], flat0=flat0, cfg=cfg, nbeta=nbeta, paired=paired,
@@ -185,7 +177,23 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     return _summarize(records, cfg=cfg, nbeta=nbeta, n=n, baseline_const=baseline_const, path=stepper.path,
                       fallback_reason=fallback_reason, sampling_s=sampling_s,
                       wall_s=time.perf_counter() - started, num_sampled=layout.numel, device=str(dev),
-                      stepper=stepper, baseline_method=baseline_method, compile_note=compile_note)
+                      stepper=stepper, baseline_method=baseline_method, compile_note=compile_note, plan=plan)
+
+
+def _memory_plan(cfg: SGLDConfig, seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor,
+                 star: dict[str, torch.Tensor], dev: torch.device) -> MemoryPlan:
+    """Fit the chains into cfg.memory_bytes (weights included) or the memory free now (plus the
+    weights, already resident): activations measured on a one-item forward+backward."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in star.values()}
+    weights = sum(storages.values())
+    one = source.gather(torch.arange(1))
+    acts, largest = measure_activations(lambda: seq.loss_and_grad(flat0.unsqueeze(0), one),
+                                        exclude=[flat0, *star.values()])
+    est = MemoryEstimate(weights=weights, sampled=flat0.numel() * flat0.element_size(),
+                         activations_per_item=acts, largest_per_item=largest)
+    budget = cfg.memory_bytes if cfg.memory_bytes is not None else free_memory(dev) + weights
+    return plan_memory(est, num_chains=cfg.num_chains, batch_size=cfg.batch_size, budget=budget,
+                       vectorize=cfg.vectorize)
 
 
 def _layout(chosen: list[tuple[str, torch.Tensor, torch.Tensor | None]], star: dict[str, torch.Tensor],
@@ -217,12 +225,11 @@ def _want_compile(cfg: SGLDConfig, dev: torch.device, flops: float | None) -> tu
 
 def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStepper, source: BatchSource,
                     flat0: torch.Tensor, probe_loss: torch.Tensor, dev: torch.device,
-                    flops: float | None) -> tuple[Any, str | None]:
+                    flops: float | None, plan: MemoryPlan) -> tuple[Any, str | None]:
     if cfg.vectorize is False or cfg.num_chains == 1:
         return seq, None
-    need = cfg.num_chains * flat0.numel() * flat0.element_size() * _STATE_COPIES
-    if cfg.vectorize is None and need > _VMAP_MEMORY_FRACTION * _free_memory(dev):
-        return seq, f"stacked state of {cfg.num_chains} chains (~{need / 2**30:.1f} GiB) exceeds the memory budget"
+    if cfg.vectorize is None and plan.chains_per_group == 1:
+        return seq, f"memory plan: {plan.describe()}"
     if cfg.vectorize is None and flops is not None:
         if flops > _CPU_SEQUENTIAL_FLOPS:
             return seq, f"compute-bound on CPU ({flops / 1e6:.0f} MFLOP per chain-step): sequential chains are faster there"
@@ -266,7 +273,8 @@ def _step_flops(seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor
 
 def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, baseline_const: float | None,
                path: str, fallback_reason: str | None, sampling_s: float, wall_s: float, num_sampled: int,
-               device: str, stepper: Any, baseline_method: str, compile_note: str | None) -> LLCResult:
+               device: str, stepper: Any, baseline_method: str, compile_note: str | None,
+               plan: MemoryPlan) -> LLCResult:
     base = rec.baseline if baseline_const is None else np.full_like(rec.loss, baseline_const)
     ok = ~rec.diverged
     per_chain = np.full(cfg.num_chains, np.nan)
@@ -295,6 +303,10 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
         "compiled": bool(stepper.compiled),
         "compile_time_s": float(stepper.compile_s),
         "baseline_item_table": baseline_method == "item_table",
+        "memory_estimate_bytes": int(plan.peak_bytes),
+        "memory_budget_bytes": int(plan.budget_bytes),
+        "chains_per_group": plan.chains_per_group if path == "vectorized" else 1,
+        "micro_batches": plan.micro_batches,
     }
     notes = {"baseline": baseline_method}
     if stepper.compile_error:

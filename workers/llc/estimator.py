@@ -139,6 +139,9 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
         seq.enable_compile()
 
     stepper, fallback_reason = _choose_stepper(cfg, common, seq, source, flat0, probe_loss, dev, flops, plan)
+    if stepper.path == "sequential" and plan.chains_per_group > 1:      # one chain at a time needs less
+        plan = plan_memory(plan.estimate, num_chains=cfg.num_chains, batch_size=cfg.batch_size,
+                           budget=plan.budget_bytes, vectorize=False)
     baseline_const = constant_baseline(cfg, seq, source, n)
     paired: Any | None = None
     baseline_method = "constant"

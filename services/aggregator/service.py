@@ -21,7 +21,7 @@ from services.aggregator.plots import LossSeries, plot_overview, plot_setting
 from services.aggregator.report import AggregateReport, SettingStage
 from services.aggregator.stability import assess, recommend
 from services.aggregator.stages import StageDetection, detect_stages
-from services.core.settings import llc_home
+from services.core.paths import llc_home
 from services.tracking import Tracker, TrackingUnavailable, sweep_parent_run
 
 METADATA_FILE = "metadata.json"
@@ -101,10 +101,10 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "setting"
 
 
-def aggregate_sweep(*, sweep_id: int, database_url: str | None = None, tracker: Tracker | None = None,
+def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None = None,
                     out_dir: Path | None = None, log_to_mlflow: bool = True, z: float = 3.0,
                     r_hat_threshold: float = 1.1, max_rel_spread: float = 0.5) -> AggregateReport:
-    """Aggregate one sweep. `tracker` None → a Tracker on the configured tracking URI; an
+    """Aggregate one sweep; MLflow only with a `tracker` and `log_to_mlflow`. An
     unreachable tracking server does not lose the work: stages are stored and files written,
     and the report's `tracking_error` says what failed. Step 0 is kept (fits use log(step+1))."""
     from services.store import ensure_schema, session_scope
@@ -161,9 +161,8 @@ def aggregate_sweep(*, sweep_id: int, database_url: str | None = None, tracker: 
     _write_plots(report, losses, loss_name)
     report.artifacts = [*report.plots, *report.write_stage_files()]
 
-    if log_to_mlflow:
+    if log_to_mlflow and tracker is not None:
         try:
-            tracker = tracker or Tracker()
             report.parent_run_id = sweep_parent_run(tracker, sweep_id=sweep_id, database_url=database_url)
             report.mlflow_run_id = tracker.log_aggregate(parent_run_id=report.parent_run_id,
                                                          series=mlflow_series(report, losses),

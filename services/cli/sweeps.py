@@ -11,9 +11,10 @@ import logging
 import time
 from typing import Any
 
-from services.cli import UserError
+from services.core.endpoints import Endpoints, resolve_endpoints
+from services.core.errors import UserError
+from services.core.status import ACTIVE_SWEEP_STATUSES, TERMINAL_STATUSES
 
-TERMINAL = ("succeeded", "diverged", "failed", "cancelled")
 
 
 def register(subparsers: Any) -> None:
@@ -70,9 +71,7 @@ def _config(overrides: list[str]) -> Any:
     return load_config(overrides)
 
 
-def _endpoints(overrides: list[str]) -> Any:
-    from services.sweeps.endpoints import resolve_endpoints
-
+def _endpoints(overrides: list[str]) -> Endpoints:
     return resolve_endpoints(_config(overrides))
 
 
@@ -89,7 +88,7 @@ def _tracker(uri: str, disabled: bool) -> Any:
 
 
 def _max_in_flight(requested: int | None, num_cpus_per_job: float) -> int:
-    from services.sweeps.run import max_in_flight
+    from services.run import max_in_flight
 
     return max_in_flight(requested, num_cpus_per_job)
 
@@ -126,8 +125,6 @@ def _scheduler(args: argparse.Namespace) -> int:
 
     _logging(args.verbose)
     cfg = _config(args.overrides)
-    from services.sweeps.endpoints import resolve_endpoints
-
     ends = resolve_endpoints(cfg)
     started = connect(address=ends.ray_address, num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus)
     try:
@@ -196,17 +193,17 @@ def _watch(url: str, sweep_id: int | None, interval: float, console: Any) -> int
         while True:
             with session_scope(url) as s:
                 sweeps = [repo.get_sweep(s, sweep_id=sweep_id)] if sweep_id is not None else [
-                    sw for sw in repo.list_sweeps(s) if sw.status in ("submitted", "running")]
+                    sw for sw in repo.list_sweeps(s) if sw.status in ACTIVE_SWEEP_STATUSES]
                 active = 0
                 for sw in sweeps:
                     c = repo.sweep_counts(s, sweep_id=sw.id)
                     total = sum(c.values())
-                    done = sum(c[k] for k in TERMINAL)
+                    done = sum(c[k] for k in TERMINAL_STATUSES)
                     detail = f"running {c['running']} · failed {c['failed']} · diverged {c['diverged']}"
                     if sw.id not in bars:
                         bars[sw.id] = progress.add_task(f"sweep {sw.id} {sw.name}", total=total, detail=detail)
                     progress.update(bars[sw.id], completed=done, total=total, detail=detail)
-                    active += sw.status in ("submitted", "running")
+                    active += sw.status in ACTIVE_SWEEP_STATUSES
             if not active:
                 return 0
             time.sleep(interval)
@@ -229,11 +226,11 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from services.cli.aggregate import print_report
-    from services.sweeps.run import run_sweep
+    from services.run import run_sweep
 
     _logging(args.verbose)
     cfg = _config(args.overrides)
-    ends = _endpoints_of(cfg)
+    ends = resolve_endpoints(cfg)
     outcome = run_sweep(cfg, console=Console(), tracker=_tracker(ends.tracking_uri, args.no_tracking),
                         requested_in_flight=args.max_in_flight, lease_seconds=args.lease_seconds,
                         poll_seconds=args.poll_seconds, max_attempts=args.max_attempts)
@@ -242,8 +239,3 @@ def _run(args: argparse.Namespace) -> int:
     failed = outcome.scheduler.failed if outcome.scheduler is not None else 0
     return 0 if failed == 0 else 1
 
-
-def _endpoints_of(cfg: Any) -> Any:
-    from services.sweeps.endpoints import resolve_endpoints
-
-    return resolve_endpoints(cfg)

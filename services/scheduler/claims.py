@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from services.store.models import ACTIVE_STATUSES, Job, JobStatus, Sweep, SweepJob
+from services.core.status import ACTIVE_STATUSES, JobStatus, SweepStatus
+from services.store.models import Job, Sweep, SweepJob
 
 
 def sweeps_of(session: Session, job_ids: Sequence[int]) -> dict[int, list[int]]:
@@ -47,7 +48,7 @@ def finished_sweeps(session: Session, sweep_ids: Sequence[int]) -> list[int]:
     """Those of `sweep_ids` the store now marks finished (it derives sweep status on every write)."""
     if not sweep_ids:
         return []
-    return list(session.scalars(select(Sweep.id).where(Sweep.id.in_(list(sweep_ids)), Sweep.status == "finished")
+    return list(session.scalars(select(Sweep.id).where(Sweep.id.in_(list(sweep_ids)), Sweep.status == SweepStatus.FINISHED)
                                 .order_by(Sweep.id)).all())
 
 

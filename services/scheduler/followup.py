@@ -43,7 +43,7 @@ def _lower_priority() -> None:
 class FollowUp:
     """Serial queue: each job's child run, then (when a sweep's last job is in) its aggregation."""
 
-    def __init__(self, *, database_url: str | None, tracker: Any | None, aggregate: bool) -> None:
+    def __init__(self, *, database_url: str, tracker: Any | None, aggregate: bool) -> None:
         self._url = database_url
         self._tracker = tracker
         self._aggregate = aggregate

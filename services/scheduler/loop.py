@@ -26,7 +26,7 @@ from services.scheduler.task import remote_execute_job
 from services.store import repository as repo
 from services.store.db import ensure_schema, session_scope
 from services.store.errors import JobStateError
-from services.store.models import JobStatus
+from services.core.status import JobStatus
 from services.sweeps.expand import spec_from_dict
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ SYSTEM_ERRORS: tuple[type[BaseException], ...] = tuple(
 
 @dataclass(frozen=True, kw_only=True)
 class SchedulerOptions:
-    database_url: str | None = None
+    database_url: str
     max_in_flight: int = 8
     lease_seconds: float = 120.0
     poll_seconds: float = 0.5

@@ -4,7 +4,8 @@ from __future__ import annotations
 from services.store.db import check_schema, downgrade, ensure_schema, get_engine, session_scope, upgrade
 from services.store.errors import JobStateError, NotFound, SchemaOutOfDate, StoreError, StoreUnavailable
 from services.store.jobkey import job_key
-from services.store.models import Checkpoint, Job, JobStatus, Result, Stage, Sweep, SweepStatus, TrainingRun
+from services.core.status import JobStatus, SweepStatus
+from services.store.models import Checkpoint, Job, Result, Stage, Sweep, TrainingRun
 from services.store.repository import AddJobsOutcome, NewJob, ResultRow, StageRow
 
 __all__ = [

@@ -19,23 +19,16 @@ from sqlalchemy.orm import Session
 
 from services.store.errors import JobStateError, NotFound
 from services.store.jobkey import setting_key
-from services.store.models import (
+from services.core.status import (
     ACTIVE_STATUSES,
     ACTIVE_SWEEP_STATUSES,
     DONE_STATUSES,
     TERMINAL_STATUSES,
-    Checkpoint,
-    Job,
     JobStatus,
-    Result,
-    Stage,
     SubmitterKind,
-    Sweep,
-    SweepJob,
     SweepStatus,
-    TrainingRun,
-    utcnow,
 )
+from services.store.models import Checkpoint, Job, Result, Stage, Sweep, SweepJob, TrainingRun, utcnow
 
 _CHUNK = 500  # rows per IN (...) / multi-row INSERT: under SQLite's and Postgres' parameter limits
 

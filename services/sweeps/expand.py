@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from services.store.jobkey import job_key
-from services.sweeps.endpoints import under_storage
+from services.core.endpoints import under_storage
 from services.sweeps.schema import LLCConfig, SamplerGrid
 
 GRID_FIELDS: tuple[str, ...] = ("epsilon", "gamma", "nbeta", "num_chains", "num_draws", "num_burnin", "batch_size")

@@ -9,11 +9,11 @@ import getpass
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from services.cli import UserError
+from services.core.errors import UserError
 from services.store import repository as repo
 from services.store.db import ensure_schema, session_scope
 from services.sweeps.config import to_dict
-from services.sweeps.endpoints import ConfigEndpoints, resolve_endpoints, under_storage
+from services.core.endpoints import Endpoints, resolve_endpoints
 from services.sweeps.expand import PlannedJob, expand_sweep
 from services.sweeps.schema import LLCConfig
 from services.sweeps.selection import describe, select_checkpoints
@@ -26,7 +26,7 @@ class SubmitError(UserError):
 @dataclass(frozen=True)
 class SweepPlan:
     run_uri: str
-    endpoints: ConfigEndpoints
+    endpoints: Endpoints
     config: dict
     checkpoints: list
     jobs: list[PlannedJob]
@@ -56,7 +56,7 @@ def plan_sweep(cfg: LLCConfig) -> SweepPlan:
     from workers.llc import ESTIMATOR_VERSION
 
     ends = resolve_endpoints(cfg)
-    run_uri = under_storage(cfg.sweep.run, ends.storage_uri)
+    run_uri = ends.under_storage(cfg.sweep.run)
     skipped: list[str] = []
     try:
         refs = discover_checkpoints(run_uri, on_skip=skipped.append)

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from services.core.settings import llc_home
+from services.core.endpoints import resolve_endpoints
+from services.core.paths import llc_home
 from services.tracking import Tracker, TrackingUnavailable, metric_name
 
 
@@ -113,7 +114,7 @@ def test_embedded_store_puts_artifacts_under_llc_home(tmp_path: Path, monkeypatc
     monkeypatch.setenv("LLC_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
-    tracker = Tracker()
+    tracker = Tracker(resolve_endpoints().tracking_uri)
     assert tracker.tracking_uri == f"sqlite:///{llc_home() / 'mlflow.db'}"
     run_id = tracker.sweep_run(sweep_id=3, sweep_name="demo", training_run="file:///r", config={"a": 1})
     exp = tracker.client.get_experiment_by_name("demo")

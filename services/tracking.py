@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 
 from services.core.numbers import chunks, finite_or_none
 from services.core.paths import llc_home
+from services.store.db import session_scope
+from services.store.sweeps import get_sweep, set_sweep_mlflow_run
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -229,7 +231,7 @@ class Tracker:
         tags += [RunTag(f"llc.{k}", str(v)[:5000]) for k, v in how.items() if v]
 
         metrics: list[Any] = []
-        for key in ("llc_mean", "llc_std", "init_loss", "baseline_loss", "nbeta", "n", "wall_time_s"):
+        for key in ("llc_mean", "llc_std", "init_loss", "loss_wstar", "baseline_loss", "nbeta", "n", "wall_time_s"):
             value = _finite(data.get(key))
             if value is not None:
                 metrics.append(Metric(key, value, now, 0))
@@ -312,16 +314,11 @@ def sweep_parent_run(tracker: Tracker, *, sweep_id: int, database_url: str) -> s
 
     The scheduler's follow-up thread and the aggregator both need it; one place keeps the
     store and MLflow agreeing on which run is the sweep's."""
-    from services.store import repository as repo
-    from services.store.db import session_scope
-
     with session_scope(database_url) as s:
-        sweep = repo.get_sweep(s, sweep_id=sweep_id)
-        name, config, existing = sweep.name, dict(sweep.config or {}), sweep.mlflow_run_id
-        run_uri = sweep.training_run.uri if sweep.training_run is not None else ""
-    run_id = tracker.sweep_run(sweep_id=sweep_id, sweep_name=name, training_run=run_uri, config=config,
-                               existing_run_id=existing)
-    if run_id != existing:
+        sweep = get_sweep(s, sweep_id=sweep_id)
+    run_id = tracker.sweep_run(sweep_id=sweep_id, sweep_name=sweep.name, training_run=sweep.training_run_uri or "",
+                               config=sweep.config, existing_run_id=sweep.mlflow_run_id)
+    if run_id != sweep.mlflow_run_id:
         with session_scope(database_url) as s:
-            repo.set_sweep_mlflow_run(s, sweep_id=sweep_id, run_id=run_id)
+            set_sweep_mlflow_run(s, sweep_id=sweep_id, run_id=run_id)
     return run_id

@@ -159,7 +159,8 @@ def _split_sweep_arg(args: argparse.Namespace) -> tuple[int | None, list[str]]:
 def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from services.store import repository as repo
+    from services.store import results as store_results
+    from services.store import sweeps as store_sweeps
     from services.store.db import check_schema, session_scope
     from services.sweeps import views
 
@@ -171,20 +172,21 @@ def _status(args: argparse.Namespace) -> int:
         return _watch(url, sweep_id, args.interval, console)
     with session_scope(url) as s:
         if sweep_id is None:
-            sweeps = repo.list_sweeps(s)
+            sweeps = store_sweeps.list_sweeps(s)
             if not sweeps:
                 console.print("no sweeps yet; submit one with `llc submit sweep=demo`")
                 return 0
-            console.print(views.sweeps_table(sweeps, {sw.id: repo.sweep_counts(s, sweep_id=sw.id) for sw in sweeps}))
+            counts = store_sweeps.all_sweep_counts(s, sweep_ids=[sw.id for sw in sweeps])
+            console.print(views.sweeps_table(sweeps, counts))
             return 0
-        sweep = repo.get_sweep(s, sweep_id=sweep_id)
-        console.print(views.sweep_detail(sweep, repo.sweep_counts(s, sweep_id=sweep_id),
-                                         repo.sweep_results(s, sweep_id=sweep_id)))
+        sweep = store_sweeps.get_sweep(s, sweep_id=sweep_id)
+        console.print(views.sweep_detail(sweep, store_sweeps.sweep_counts(s, sweep_id=sweep_id),
+                                         store_results.sweep_results(s, sweep_id=sweep_id)))
     return 0
 
 
 def _watch(url: str, sweep_id: int | None, interval: float, console: Any) -> int:
-    from services.store import repository as repo
+    from services.store import sweeps as store_sweeps
     from services.store.db import session_scope
     from services.sweeps import views
 
@@ -192,11 +194,11 @@ def _watch(url: str, sweep_id: int | None, interval: float, console: Any) -> int
     with views.progress_bars() as progress:
         while True:
             with session_scope(url) as s:
-                sweeps = [repo.get_sweep(s, sweep_id=sweep_id)] if sweep_id is not None else [
-                    sw for sw in repo.list_sweeps(s) if sw.status in ACTIVE_SWEEP_STATUSES]
+                sweeps = [store_sweeps.get_sweep(s, sweep_id=sweep_id)] if sweep_id is not None else [
+                    sw for sw in store_sweeps.list_sweeps(s) if sw.status in ACTIVE_SWEEP_STATUSES]
                 active = 0
                 for sw in sweeps:
-                    c = repo.sweep_counts(s, sweep_id=sw.id)
+                    c = store_sweeps.sweep_counts(s, sweep_id=sw.id)
                     total = sum(c.values())
                     done = sum(c[k] for k in TERMINAL_STATUSES)
                     detail = f"running {c['running']} · failed {c['failed']} · diverged {c['diverged']}"
@@ -210,13 +212,13 @@ def _watch(url: str, sweep_id: int | None, interval: float, console: Any) -> int
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from services.store import repository as repo
     from services.store.db import check_schema, session_scope
+    from services.store.sweeps import cancel_sweep
 
     url = _endpoints(args.overrides).database_url
     check_schema(url)
     with session_scope(url) as s:
-        ids = repo.cancel_sweep(s, sweep_id=args.sweep)
+        ids = cancel_sweep(s, sweep_id=args.sweep)
     print(f"sweep {args.sweep} cancelled: {len(ids)} pending/running job(s) cancelled "
           "(schedulers cancel the running Ray tasks within a second)")
     return 0

@@ -135,6 +135,7 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({_in(JobStatus)})", name="status"),
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+        Index("ix_jobs_status_id", "status", "id"),  # claiming oldest pending first, counts by status
         Index("ix_jobs_lease_owner", "lease_owner"),
     )
 
@@ -182,7 +183,8 @@ class Result(Base):
     llc_std: Mapped[float | None] = mapped_column(Float)
     llc_per_chain: Mapped[list[Any] | None]
     baseline_loss: Mapped[float | None] = mapped_column(Float)
-    init_loss: Mapped[float | None] = mapped_column(Float)
+    init_loss: Mapped[float | None] = mapped_column(Float)        # L_m(w*) on a chain's first batch
+    loss_wstar: Mapped[float | None] = mapped_column(Float)       # L_n(w*) on the whole dataset, when reported
     nbeta: Mapped[float | None] = mapped_column(Float)
     n: Mapped[int | None] = mapped_column(BigInteger)
     num_draws: Mapped[int | None] = mapped_column(Integer)

@@ -110,8 +110,11 @@ class Scheduler:
     """One Ray driver. `run()` blocks until stopped, idle (`until_idle`) or done (`once`)."""
 
     def __init__(self, options: SchedulerOptions, *, tracker: Any | None = None, aggregate: bool = True,
-                 on_event: Callable[[JobEvent], None] | None = None) -> None:
+                 on_event: Callable[[JobEvent], None] | None = None, task: Any = None) -> None:
+        """`task`: the Ray remote function a job runs as (default: services.scheduler.task.remote_execute_job;
+        tests wrap it, e.g. to have a worker die on its first attempt)."""
         self.options = options
+        self._task = task if task is not None else remote_execute_job
         self.owner = options.owner or default_owner()
         self.report = SchedulerReport(owner=self.owner)
         self._url = options.database_url
@@ -231,7 +234,7 @@ class Scheduler:
                            retry=False)
                 continue
             options = self._task_options(sweep_ids)
-            ref = remote_execute_job.options(**options).remote(spec)
+            ref = self._task.options(**options).remote(spec)
             self._inflight[ref] = _Flight(job_id=job.id, key=job.key, step=job.step, seed=job.seed,
                                           hyperparameters=job.hyperparameters, sweep_ids=sweep_ids,
                                           mlflow_run_id=job.mlflow_run_id, demand=feasibility.demand_of(options))

@@ -151,9 +151,12 @@ def test_cancel_stops_running_ray_tasks(storage: str, db: str, ray_cluster: str,
         deadline = time.time() + 60
         while time.time() < deadline:
             with session_scope(db) as s:
-                if sweep_counts(s, sweep_id=sub.sweep_id)["running"] == 2:
-                    break
+                counts = sweep_counts(s, sweep_id=sub.sweep_id)
+            if counts["running"] == 2:
+                break
             time.sleep(0.2)
+        else:
+            pytest.fail(f"two jobs never ran at once within 60 s: {counts}")
         assert llc_main(["cancel", str(sub.sweep_id)]) == 0
         assert "6 pending/running job(s) cancelled" in capsys.readouterr().out
         thread.join(timeout=60)

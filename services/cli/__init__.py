@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from services.core.errors import UserError
+
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "services.cli.demo",
     "services.cli.aggregate",
@@ -21,10 +23,6 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "services.cli.sweeps",
     "services.cli.train_demo",
 )
-
-
-class UserError(Exception):
-    """A problem the user can fix: printed as one sentence, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

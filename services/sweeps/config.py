@@ -18,8 +18,8 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from services.cli import UserError
-from services.core.settings import project_root
+from services.core.errors import UserError
+from services.core.paths import project_root
 from services.sweeps.schema import LLCConfig, register_configs
 
 

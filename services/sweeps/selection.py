@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
-from services.cli import UserError
+from services.core.errors import UserError
 from services.sweeps.schema import CheckpointSelection
 
 

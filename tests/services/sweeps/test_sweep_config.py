@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from services.sweeps.config import ConfigError, load_config, to_dict
-from services.sweeps.endpoints import POSTGRES_DEFAULT, resolve_endpoints, under_storage
+from services.core.endpoints import POSTGRES_DEFAULT, resolve_endpoints, under_storage
 from services.sweeps.expand import sampler_points
 
 

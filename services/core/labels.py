@@ -9,6 +9,7 @@ LABEL_NAMES: tuple[tuple[str, str], ...] = (
     ("epsilon", "eps"), ("gamma", "gamma"), ("nbeta", "nbeta"), ("num_chains", "chains"),
     ("num_draws", "draws"), ("num_burnin", "burnin"), ("batch_size", "batch"),
     ("steps_between_draws", "thin"), ("baseline", "baseline"), ("sample_params", "params"),
+    ("component", "component"), ("dtype", "dtype"),
 )
 
 

@@ -86,6 +86,11 @@ def validate(cfg: LLCConfig) -> None:
         (_timezone_ok(cfg.schedule.timezone), f"schedule.timezone must be an IANA zone such as UTC, got {cfg.schedule.timezone!r}"),
         (g.baseline in ("paired", "init"), f"sampler.baseline must be paired or init, got {g.baseline!r}"),
         (g.steps_between_draws >= 1, f"sampler.steps_between_draws must be at least 1, got {g.steps_between_draws}"),
+        (s.dtype in ("float32", "bfloat16", "float16"), f"sweep.dtype must be float32, bfloat16 or float16, got {s.dtype!r}"),
+        (not (s.components and s.sample_params),
+         "sweep.components and sweep.sample_params both restrict the sampled weights; keep one (components: one job per component)"),
+        (s.components is None or len(s.components) > 0,
+         "sweep.components is an empty list; give components, e.g. sweep.components=[all,heads], or null for the whole model"),
     ]
     for name in ("epsilon", "gamma", "nbeta", "num_chains", "num_draws", "num_burnin", "batch_size"):
         values = getattr(g, name)

@@ -5,7 +5,7 @@ Pure: reads nothing and writes nothing, so a plan can be shown or tested before 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -30,30 +30,54 @@ def sampler_points(grid: SamplerGrid) -> list[dict[str, Any]]:
 
 
 def expand_sweep(cfg: LLCConfig, checkpoints: Sequence[CheckpointLike], *, storage_uri: str,
-                 estimator_version: str) -> list[PlannedJob]:
-    """One job per checkpoint × sampler point × seed, each with its job key and JobSpec JSON."""
+                 estimator_version: str, model_config: Mapping[str, Any] | None = None) -> list[PlannedJob]:
+    """One job per checkpoint × sampler point × component × seed, each with its job key and JobSpec JSON.
+
+    model_config: the checkpoints' config.json, needed when sweep.components has `heads`."""
     from workers.job import DatasetSpec, JobSpec, SamplerSpec
 
     sweep = cfg.sweep
     dataset = DatasetSpec(uri=under_storage(sweep.dataset.uri, storage_uri), max_sequences=sweep.dataset.max_sequences)
     sample_params = tuple(sweep.sample_params) if sweep.sample_params else None
     num_threads = max(1, int(sweep.resources.num_cpus))
+    # (component or None, what the job samples); None keeps pre-component job keys unchanged.
+    restrictions: list[tuple[str | None, tuple[str, ...] | None]] = [(None, sample_params)]
+    if sweep.components:
+        restrictions = [(c, None if c == "all" else (c,)) for c in expand_components(sweep.components, model_config)]
     jobs: list[PlannedJob] = []
     for ref in sorted(checkpoints, key=lambda r: r.step):
         for point in sampler_points(cfg.sampler):
             sampler = SamplerSpec(**point)
-            hyper = dict(point)
-            if sample_params:
-                hyper["sample_params"] = list(sample_params)
-            for seed in sweep.seeds:
-                spec = JobSpec(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, step=ref.step, dataset=dataset,
-                               sampler=sampler, seed=int(seed), device=sweep.device, num_threads=num_threads,
-                               sample_params=sample_params, compile=sweep.compile)
-                key = job_key(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, dataset=asdict(dataset),
-                              sampler=hyper, seed=int(seed), estimator_version=estimator_version)
-                jobs.append(PlannedJob(checkpoint=ref, key=key, hyperparameters=hyper, seed=int(seed),
-                                       spec=spec_to_dict(spec)))
+            for component, sampled in restrictions:
+                hyper = dict(point)
+                if component is not None:
+                    hyper["component"] = component
+                elif sampled:
+                    hyper["sample_params"] = list(sampled)
+                if sweep.dtype != "float32":
+                    hyper["dtype"] = sweep.dtype
+                for seed in sweep.seeds:
+                    spec = JobSpec(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, step=ref.step, dataset=dataset,
+                                   sampler=sampler, seed=int(seed), device=sweep.device, num_threads=num_threads,
+                                   sample_params=sampled, compile=sweep.compile, dtype=sweep.dtype)
+                    key = job_key(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, dataset=asdict(dataset),
+                                  sampler=hyper, seed=int(seed), estimator_version=estimator_version)
+                    jobs.append(PlannedJob(checkpoint=ref, key=key, hyperparameters=hyper, seed=int(seed),
+                                           spec=spec_to_dict(spec)))
     return jobs
+
+
+def expand_components(components: Sequence[str], model_config: Mapping[str, Any] | None) -> list[str]:
+    """sweep.components with `heads` expanded to every l{L}h{H} of the architecture."""
+    from workers.llc.components import expand_selectors
+
+    if "heads" in components and model_config is None:
+        raise ValueError("sweep.components has `heads` but the checkpoints' config.json was not read; "
+                         "plan the sweep through plan_sweep (it reads it) or list heads such as l0h1.")
+    try:
+        return expand_selectors(list(components), model_config or {})
+    except ValueError as exc:
+        raise ValueError(f"sweep.components: {exc}") from exc
 
 
 def spec_to_dict(spec: Any) -> dict[str, Any]:

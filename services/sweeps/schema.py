@@ -89,6 +89,10 @@ class SweepConfig:
     # null: the estimator decides (CPU jobs of >= 1 TFLOP of steps; never on GPU).
     compile: Optional[bool] = None
     sample_params: Optional[List[str]] = None   # weight-restricted LLC (fnmatch patterns)
+    # One job (and one λ̂ curve) per component: all, embed, unembed, l{L}.attn, l{L}.mlp, l{L}h{H},
+    # l{L}g{G}, a+b unions; `heads` = every head of the checkpoints' architecture (workers/llc/components.py).
+    components: Optional[List[str]] = None
+    dtype: str = "float32"               # the model computes in float32 | bfloat16 | float16 (SGLD state fp32)
 
 
 @dataclass

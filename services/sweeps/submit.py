@@ -65,9 +65,29 @@ def plan_sweep(cfg: LLCConfig) -> SweepPlan:
         raise SubmitError(f"{str(exc).rstrip('.')} (sweep.run={cfg.sweep.run}, selection: "
                           f"{describe(cfg.sweep.checkpoints)}); nothing was submitted.") from exc
     chosen = select_checkpoints(refs, cfg.sweep.checkpoints, run_uri=run_uri)
-    jobs = expand_sweep(cfg, chosen, storage_uri=ends.storage_uri, estimator_version=ESTIMATOR_VERSION)
+    model_config = _model_config(chosen) if "heads" in (cfg.sweep.components or ()) else None
+    try:
+        jobs = expand_sweep(cfg, chosen, storage_uri=ends.storage_uri, estimator_version=ESTIMATOR_VERSION,
+                            model_config=model_config)
+    except ValueError as exc:
+        raise SubmitError(f"{str(exc).rstrip('.')}; nothing was submitted.") from exc
     return SweepPlan(run_uri=run_uri, endpoints=ends, config=to_dict(cfg), checkpoints=chosen, jobs=jobs,
                      skipped=skipped)
+
+
+def _model_config(checkpoints: list) -> dict | None:
+    """config.json of the run's first selected checkpoint (a run keeps its architecture)."""
+    import json
+
+    from workers.objectstore import ObjectStoreError, open_store
+
+    if not checkpoints:
+        return None
+    try:
+        return json.loads(open_store(checkpoints[0].uri).get_bytes("config.json"))
+    except (ObjectStoreError, ValueError) as exc:
+        raise SubmitError(f"Could not read {checkpoints[0].uri}/config.json to expand sweep.components' `heads` "
+                          f"({exc}); list the heads (l0h0, ...) or fix the checkpoint; nothing was submitted.") from exc
 
 
 def submit_sweep(cfg: LLCConfig, *, submitted_by: str | None = None, database_url: str | None = None) -> SubmitOutcome:

@@ -58,3 +58,20 @@ def test_no_matching_checkpoint_writes_nothing(storage: str, db: str, capsys: py
     with pytest.raises(SubmitError, match=f"under {storage}/no-such-run"):
         submit_sweep(load_config(tiny_overrides(storage, run="no-such-run")))
     assert _rows(db) == (0, 0)
+
+
+def test_components_expand_heads_from_the_checkpoint_config(storage: str, db: str) -> None:
+    cfg = load_config(tiny_overrides(storage, extra=("sampler.epsilon=[1e-4]", "sweep.components=[all,heads,l1.attn]")))
+    out = submit_sweep(cfg, submitted_by="tester")
+    # tiny demo run: 2 layers x 2 heads -> all + 4 heads + l1.attn = 6 components x 3 checkpoints
+    assert (out.jobs, out.new) == (18, 18)
+    with session_scope(db) as s:
+        jobs = s.scalars(select(Job).where(Job.status == "pending")).all()
+        by_component = {j.hyperparameters["component"]: j.spec["sample_params"] for j in jobs}
+    assert by_component == {"all": None, "l0h0": ["l0h0"], "l0h1": ["l0h1"], "l1h0": ["l1h0"], "l1h1": ["l1h1"],
+                            "l1.attn": ["l1.attn"]}
+    # The component is part of the job key; resubmitting one of them finds it queued.
+    again = submit_sweep(load_config(tiny_overrides(storage, extra=("sampler.epsilon=[1e-4]", "sweep.components=[l0h1]"))))
+    assert (again.jobs, again.new, again.already_queued) == (3, 0, 3)
+    with pytest.raises(Exception, match="sweep.components and sweep.sample_params both"):
+        load_config(tiny_overrides(storage, extra=("sweep.components=[all]", "sweep.sample_params=[wte.*]")))

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from services.aggregator.curves import SettingCurve, build_curves
+from services.aggregator.heads import head_maps, plot_head_map
 from services.aggregator.plots import LossSeries, plot_overview, plot_setting
 from services.aggregator.report import AggregateReport, SettingStage
 from services.aggregator.stability import assess, recommend
@@ -161,7 +162,8 @@ def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None
         detections=detections, stages=stages, stability=verdicts, recommended=recommended, primary_key=primary,
         counts=dict(counts), loss_source=loss_name or "none", notes=notes)
     _write_plots(report, losses, loss_name)
-    report.artifacts = [*report.plots, *report.write_stage_files()]
+    head_files = _write_head_maps(report)
+    report.artifacts = [*report.plots, *report.write_stage_files(), *head_files]
 
     if log_to_mlflow and tracker is not None:
         try:
@@ -191,6 +193,22 @@ def _write_plots(report: AggregateReport, losses: dict[str, tuple[list[float], l
             detection=report.detections.get(report.primary_key or ""), recommended_key=rec, losses=shown,
             title=f"{report.sweep_name} (sweep {report.sweep_id}): λ̂ per setting; stages of "
                   f"{'the recommended' if rec else 'the primary'} setting"))
+
+
+def _write_head_maps(report: AggregateReport) -> list[Path]:
+    """Per-head λ̂ heatmap PNG + clusters JSON per setting; the clusters go into the report's notes."""
+    files: list[Path] = []
+    for i, hm in enumerate(head_maps(report.curves)):
+        name = f"heads-{i + 1:02d}{'-' + _slug(hm.setting) if hm.setting else ''}"
+        title = f"{report.sweep_name}: λ̂ per head over training{' — ' + hm.setting if hm.setting else ''}"
+        report.plots.append(plot_head_map(report.out_dir / f"{name}.png", hm, title=title))
+        doc = {"setting": hm.setting, "steps": list(hm.steps), "heads": list(hm.heads), "clusters": list(hm.clusters),
+               "llc": [[v if math.isfinite(v) else None for v in row] for row in hm.values.tolist()]}
+        path = report.out_dir / f"{name}.json"
+        path.write_text(json.dumps(doc, indent=1))
+        files.append(path)
+        report.notes.append(hm.describe())
+    return files
 
 
 def mlflow_series(report: AggregateReport, losses: dict[str, tuple[list[float], list[float]]]

@@ -4,15 +4,35 @@ Lives on the services side so workers/ never imports services/; the body is work
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import ray
+
+
+def worker_memory_bytes(assigned: Mapping[str, float], *, gpu_total_bytes: int | None) -> int | None:
+    """The memory a job may plan with where it landed: its share of one GPU (num_gpus, at most
+    one device), else Ray's `memory` reservation for it; None: what is free when it starts."""
+    gpus = float(assigned.get("GPU", 0) or 0)
+    if gpus > 0 and gpu_total_bytes:
+        return int(gpu_total_bytes * min(gpus, 1.0))
+    memory = assigned.get("memory")
+    return int(memory) if memory else None
 
 
 def execute_job(spec: Any) -> dict[str, Any]:
     """Run one estimate; a diverged estimate comes back as a result, errors propagate."""
     from workers.job import run_job  # run_job pins torch threads to spec.num_threads itself
 
+    if spec.memory_bytes is None and ray.is_initialized():
+        assigned = ray.get_runtime_context().get_assigned_resources()
+        gpu_total = None
+        if assigned.get("GPU"):
+            import torch
+
+            gpu_total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+        spec = dataclasses.replace(spec, memory_bytes=worker_memory_bytes(assigned, gpu_total_bytes=gpu_total))
     return run_job(spec).to_dict()
 
 

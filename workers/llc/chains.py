@@ -79,6 +79,7 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
     mala_acc = torch.full((group, cfg.num_draws), float("nan"), device=dev, dtype=torch.float64) if cfg.mala else None
     baselines = _PairedBaselines(paired, source, chains, chunk=16 * group) if paired is not None else None
     init: torch.Tensor | None = None
+    scratch: torch.Tensor | None = None            # noise / offset buffer reused across steps
     checked = 0
     to_device = source.indexes_on_device and dev.type != "cpu"
     for t in range(total):
@@ -135,15 +136,25 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
                 baselines.flush(first_bad)
         if t == total - 1:
             break
+        want_mala = mala_acc is not None and is_draw
         with torch.no_grad():
+            if not want_mala:
+                # The same ops in the same order as below, in place through one reused buffer:
+                # a fresh (chains, D) tensor per step costs page faults comparable to the update.
+                if scratch is None or scratch.shape != flat.shape:
+                    scratch = torch.empty_like(flat)
+                drift = grad.to(flat.dtype).mul_(nbeta).add_(torch.sub(flat, flat0, out=scratch), alpha=gamma)
+                flat.add_(drift, alpha=-0.5 * eps)
+                for row, g in zip(scratch, gens, strict=True):
+                    torch.randn(row.shape, generator=g, device=dev, dtype=flat.dtype, out=row)
+                flat.add_(scratch, alpha=sqrt_eps)
+                continue
             noise = torch.empty_like(flat)
             for row, g in zip(noise, gens, strict=True):
                 torch.randn(row.shape, generator=g, device=dev, dtype=flat.dtype, out=row)
             offset = flat - flat0
             drift = grad.to(flat.dtype).mul_(nbeta).add_(offset, alpha=gamma)
-            want_mala = mala_acc is not None and is_draw
-            if want_mala:
-                u_old = nbeta * loss.double() + 0.5 * gamma * offset.double().pow(2).sum(dim=1)
+            u_old = nbeta * loss.double() + 0.5 * gamma * offset.double().pow(2).sum(dim=1)
             flat.add_(drift, alpha=-0.5 * eps).add_(noise, alpha=sqrt_eps)
         if want_mala:
             acc = _mala(stepper, batch, flat, flat0, drift, noise, u_old, nbeta=nbeta, eps=eps, gamma=gamma)

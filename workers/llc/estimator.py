@@ -262,16 +262,18 @@ def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStep
 
 
 def _step_flops(seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor, batch_size: int) -> float | None:
-    """FLOPs of one chain's forward+backward on a probe batch (torch's own counter; None if it cannot count)."""
+    """FLOPs of one chain's forward+backward on a batch (torch's own counter; None if it cannot count),
+    counted on one item and scaled: a transformer's FLOPs are linear in the batch, and a full-batch
+    probe of a large model costs as much as a chain-step."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x = flat0.detach().requires_grad_(True)
     try:
         with FlopCounterMode(display=False) as counter, torch.enable_grad():   # eager, never the compiled step
-            torch.autograd.grad(seq._call(seq.layout.split(x), source.gather(torch.arange(batch_size))).float(), x)
+            torch.autograd.grad(seq._call(seq.layout.split(x), source.gather(torch.arange(1))).float(), x)
     except RuntimeError:
         return None
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()) * batch_size
 
 
 def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, baseline_const: float | None,

@@ -112,6 +112,7 @@ def ours(root: Path, shape: str, component: str, chains: int, draws: int, thread
     res = run_job(spec)
     d = res.diagnostics
     return {"wall_s": d["wall_time_s"], "job_s": res.wall_time_s, "steps": chains * draws,
+            "sampling_s": d["sampling_time_s"], "compile_s": d.get("compile_time_s", 0.0),
             "llc_mean": res.llc_mean, "llc_std": res.llc_std, "peak": peak_rss() - before,
             "estimate": d.get("memory_estimate_bytes"), "path": res.extra["path"], "compiled": d.get("compiled"),
             "micro": d.get("micro_batches"), "sampled": d.get("num_sampled_params")}
@@ -204,9 +205,11 @@ def main() -> None:
             o = run_json(me, ["--side", "ours", "--shapes", shape, "--components", comp, "--compile", args.compile,
                               "--dtype", args.dtype, *common], python=Path(sys.executable))
             line = (f"  {comp:<5} ours      {o['wall_s'] / o['steps']:7.3f} s/chain-step  peak {o['peak'] / gib:6.3f} GiB "
-                    f"(plan estimate {o['estimate'] / gib:.3f}, {o['path']}, micro {o['micro']}) "
+                    f"(plan estimate {o['estimate'] / gib:.3f}, {o['path']}, micro {o['micro']:.0f}) "
                     f"= {o['peak'] / ref['peak']:.2f}x weights+acts  llc {o['llc_mean']:.2f} +- {o['llc_std']:.2f}")
             print(line, flush=True)
+            print(f"        sampling alone {o['sampling_s'] / o['steps']:.3f} s/chain-step"
+                  f"{', compiled (compile ' + format(o['compile_s'], '.0f') + ' s)' if o['compiled'] else ''}", flush=True)
             if args.skip_devinterp:
                 continue
             d = run_json(me, ["--side", "devinterp", "--shapes", shape, "--components", comp, *common])

@@ -31,7 +31,7 @@ class JobInputError(ValueError):
 class SamplerSpec:
     """One point of a sweep's hyperparameter grid."""
 
-    epsilon: float
+    epsilon: float | str                  # a step size, or "auto" (calibrated by the estimator)
     gamma: float
     nbeta: float | None
     num_chains: int
@@ -40,6 +40,7 @@ class SamplerSpec:
     batch_size: int
     steps_between_draws: int = 1
     baseline: str = "paired"
+    method: str = "sgld"                  # sgld | rmsprop_sgld
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class JobSpec:
     cache_dir: str | None = None          # default from LLC_CACHE_DIR / embedded default
     sample_params: tuple[str, ...] | None = None   # weight-restricted LLC (fnmatch patterns)
     compile: bool | None = None           # torch.compile the SGLD step; None: auto (how it runs, not what: not in the job key)
+    epsilon_hint: float | None = None     # epsilon=auto: a step picked on another checkpoint of the sweep, re-checked here
     dtype: str = "float32"                # the model computes in: float32 | bfloat16 | float16 (SGLD state stays fp32)
     memory_bytes: int | None = None       # memory the job may use on its device (the scheduler's figure for the worker)
 
@@ -91,8 +93,8 @@ class JobResult:
     device: str
     host: str
     estimator_version: str
-    extra: dict[str, Any] = field(default_factory=dict)   # path, fallback reason, checkpoint step
-    loss_wstar: float | None = None        # L_n(w*) on the whole dataset (init_loss is L_m(w*) on one batch)
+    extra: dict[str, Any] = field(default_factory=dict)   # path, fallback reason, checkpoint step, calibration
+    loss_wstar: float | None = None        # L_n(w*) (or the best full-data estimate at w*; extra["notes"] says which)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (strict JSON: NaN/inf become null, as Postgres JSONB requires)."""
@@ -169,8 +171,9 @@ def _sgld_config(spec: JobSpec) -> Any:
     try:
         return SGLDConfig(epsilon=s.epsilon, gamma=s.gamma, nbeta=s.nbeta, num_chains=s.num_chains,
                           num_draws=s.num_draws, num_burnin=s.num_burnin, steps_between_draws=s.steps_between_draws,
-                          batch_size=s.batch_size, seed=spec.seed, baseline=s.baseline,
-                          sample_params=spec.sample_params, compile=spec.compile, memory_bytes=spec.memory_bytes)
+                          batch_size=s.batch_size, seed=spec.seed, baseline=s.baseline, method=s.method,
+                          sample_params=spec.sample_params, compile=spec.compile, epsilon_hint=spec.epsilon_hint,
+                          memory_bytes=spec.memory_bytes)
     except ValueError as exc:
         raise JobInputError(str(exc)) from exc
 
@@ -215,6 +218,10 @@ def run_job(spec: JobSpec, *, progress: Callable[[int, int], None] | None = None
     diagnostics["vectorized"] = res.path == "vectorized"
     diagnostics["chains_diverged"] = float(sum(bool(x) for x in res.chain_diverged))
     diverged = bool(res.diverged) or not math.isfinite(res.llc_mean)
+    extra: dict[str, Any] = {"path": res.path, "fallback_reason": res.fallback_reason, "notes": dict(res.notes),
+                             "step": spec.step, "fingerprint": ref.fingerprint}
+    if res.calibration is not None:
+        extra["calibration"] = res.calibration
     return JobResult(
         llc_mean=float(res.llc_mean), llc_std=float(res.llc_std), llc_per_chain=[float(x) for x in res.llc_per_chain],
         init_loss=float(res.init_loss), baseline_loss=float(res.baseline_loss), nbeta=float(res.nbeta), n=int(res.n),
@@ -222,6 +229,5 @@ def run_job(spec: JobSpec, *, progress: Callable[[int, int], None] | None = None
         loss_trace=[[float(x) for x in row] for row in res.loss_trace.tolist()],
         wall_time_s=time.perf_counter() - started, device=str(res.device), host=socket.gethostname(),
         estimator_version=ESTIMATOR_VERSION,
-        extra={"path": res.path, "fallback_reason": res.fallback_reason, "notes": dict(res.notes), "step": spec.step,
-               "fingerprint": ref.fingerprint},
+        extra=extra, loss_wstar=_json_float(res.loss_wstar),
     )

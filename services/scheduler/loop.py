@@ -20,6 +20,7 @@ import ray
 from ray import exceptions as rex
 
 from services.scheduler import feasibility
+from services.scheduler.carry import EpsilonCarry
 from services.scheduler.cluster import has_gpus
 from services.scheduler.followup import FinishedJob, FollowUp
 from services.scheduler.task import remote_execute_job
@@ -130,6 +131,7 @@ class Scheduler:
         self._renew_every = self._check_every = 1.0
         self._next_renew = self._next_check = self._next_feasible = 0.0
         self._notes: dict[int, str] = {}     # job id → why no node can run it (written to the job's error)
+        self._carry = EpsilonCarry()         # epsilon=auto: calibrated picks handed to later jobs
         #: claim once this many slots are free: half the window, so half of it stays queued in Ray
         self._claim_batch = max(1, options.max_in_flight // 2)
 
@@ -233,6 +235,7 @@ class Scheduler:
                            f"job {job.id} has a stored spec this worker version cannot read ({exc}); resubmit the sweep.",
                            retry=False)
                 continue
+            spec = self._carry.apply(spec, sweep_ids, job.hyperparameters)
             options = self._task_options(sweep_ids)
             ref = self._task.options(**options).remote(spec)
             self._inflight[ref] = _Flight(job_id=job.id, key=job.key, step=job.step, seed=job.seed,
@@ -349,6 +352,7 @@ class Scheduler:
                 log.warning("dropping the result of job %s: %s", flight.job_id, reason)
                 self._emit(flight, "lost", error=reason)
                 continue
+            self._carry.observe(flight.sweep_ids, flight.hyperparameters, result)
             status = JobStatus.DIVERGED if result.get("diverged") else JobStatus.SUCCEEDED
             if status == JobStatus.DIVERGED:
                 self.report.diverged += 1

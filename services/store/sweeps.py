@@ -115,6 +115,16 @@ def list_sweeps(session: Session, *, name: str | None = None) -> list[SweepInfo]
     return [_sweep_info(*row) for row in session.execute(query)]
 
 
+def find_sweep(session: Session, ref: int | str) -> SweepInfo:
+    """A sweep by id (an int or a string of digits) or by name (the newest sweep of that name)."""
+    if isinstance(ref, int) or str(ref).isdigit():
+        return get_sweep(session, sweep_id=int(ref))
+    matches = list_sweeps(session, name=str(ref))
+    if not matches:
+        raise NotFound(f"there is no sweep named {ref!r}; run `llc status` to list the sweeps, or give its id.")
+    return max(matches, key=lambda sw: (sw.created_at, sw.id))
+
+
 def set_sweep_mlflow_run(session: Session, *, sweep_id: int, run_id: str) -> None:
     if session.execute(update(Sweep).where(Sweep.id == sweep_id).values(mlflow_run_id=run_id, updated_at=utcnow())).rowcount != 1:
         raise NotFound(NO_SWEEP.format(sweep_id))

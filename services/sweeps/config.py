@@ -50,6 +50,8 @@ def load_config(overrides: Sequence[str] = (), *, conf_dir: Path | None = None) 
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(_explain(exc, overrides)) from exc
     assert isinstance(obj, LLCConfig)
+    if not isinstance(obj.sampler.epsilon, list):     # sampler.epsilon=auto (or one number)
+        obj.sampler.epsilon = [obj.sampler.epsilon]
     validate(obj)
     return obj
 
@@ -86,16 +88,25 @@ def validate(cfg: LLCConfig) -> None:
         (_timezone_ok(cfg.schedule.timezone), f"schedule.timezone must be an IANA zone such as UTC, got {cfg.schedule.timezone!r}"),
         (g.baseline in ("paired", "init"), f"sampler.baseline must be paired or init, got {g.baseline!r}"),
         (g.steps_between_draws >= 1, f"sampler.steps_between_draws must be at least 1, got {g.steps_between_draws}"),
+        (g.method in ("sgld", "rmsprop_sgld"), f"sampler.method must be sgld or rmsprop_sgld, got {g.method!r}"),
         (s.dtype in ("float32", "bfloat16", "float16"), f"sweep.dtype must be float32, bfloat16 or float16, got {s.dtype!r}"),
         (not (s.components and s.sample_params),
          "sweep.components and sweep.sample_params both restrict the sampled weights; keep one (components: one job per component)"),
         (s.components is None or len(s.components) > 0,
          "sweep.components is an empty list; give components, e.g. sweep.components=[all,heads], or null for the whole model"),
     ]
+    eps = g.epsilon if isinstance(g.epsilon, list) else [g.epsilon]
+    for v in eps:
+        if v == "auto":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            checks.append((False, f"sampler.epsilon values must be positive numbers or auto, got {v!r}"))
     for name in ("epsilon", "gamma", "nbeta", "num_chains", "num_draws", "num_burnin", "batch_size"):
         values = getattr(g, name)
         checks.append((len(values) > 0, f"sampler.{name} is an empty list; give at least one value, e.g. sampler.{name}=[...]"))
         for v in values:
+            if name == "epsilon" and (v == "auto" or isinstance(v, bool) or not isinstance(v, (int, float))):
+                continue                              # checked above
             if v is None:
                 checks.append((name == "nbeta", f"sampler.{name} may not contain null"))
                 continue

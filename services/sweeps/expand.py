@@ -25,6 +25,8 @@ def sampler_points(grid: SamplerGrid) -> list[dict[str, Any]]:
         point = dict(zip(GRID_FIELDS, values, strict=True))
         point["steps_between_draws"] = grid.steps_between_draws
         point["baseline"] = grid.baseline
+        if grid.method != "sgld":                 # only when set: keeps plain-SGLD settings' keys as they were
+            point["method"] = grid.method
         points.append(point)
     return points
 

@@ -88,7 +88,7 @@ def load_tokens(root: Path):
 
 # ------------------------------------------------------------------ sides (each in a fresh process)
 def ours(root: Path, shape: str, component: str, chains: int, draws: int, threads: int, compile_: str,
-         dtype: str) -> dict:
+         dtype: str, memory_gib: float | None = None) -> dict:
     import torch
 
     from workers.checkpoints import inspect_checkpoint
@@ -107,7 +107,8 @@ def ours(root: Path, shape: str, component: str, chains: int, draws: int, thread
                                        num_burnin=0, batch_size=BATCH, baseline=INIT_BATCHES),
                    seed=0, device="cpu", num_threads=threads, cache_dir=str(root / "cache"),
                    sample_params=None if component == "all" else (component,),
-                   compile={"auto": None, "on": True, "off": False}[compile_], dtype=dtype)
+                   compile={"auto": None, "on": True, "off": False}[compile_], dtype=dtype,
+                   memory_bytes=int(memory_gib * 2**30) if memory_gib else None)
     before = rss()
     res = run_job(spec)
     d = res.diagnostics
@@ -180,11 +181,12 @@ def main() -> None:
     ap.add_argument("--compile", default="off", choices=["auto", "on", "off"])
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--skip-devinterp", action="store_true")
+    ap.add_argument("--memory-gib", type=float, help="our job's memory budget (weights included); default: free memory")
     args = ap.parse_args()
     root = Path(args.root)
     if args.side:
         shape, comp = args.shapes, args.components
-        out = (ours(root, shape, comp, args.chains, args.draws, args.threads, args.compile, args.dtype)
+        out = (ours(root, shape, comp, args.chains, args.draws, args.threads, args.compile, args.dtype, args.memory_gib)
                if args.side == "ours" else
                devinterp(root, shape, comp, args.chains, args.draws, args.threads) if args.side == "devinterp" else
                reference(root, shape, args.threads))
@@ -202,8 +204,9 @@ def main() -> None:
         print(f"pythia-{shape}: {ref['params'] / 1e6:.1f}M params, weights {ref['weights'] / gib:.3f} GiB, "
               f"weights + activations (one fwd+bwd) {ref['peak'] / gib:.3f} GiB", flush=True)
         for comp in args.components.split(","):
+            budget = ["--memory-gib", str(args.memory_gib)] if args.memory_gib else []
             o = run_json(me, ["--side", "ours", "--shapes", shape, "--components", comp, "--compile", args.compile,
-                              "--dtype", args.dtype, *common], python=Path(sys.executable))
+                              "--dtype", args.dtype, *budget, *common], python=Path(sys.executable))
             line = (f"  {comp:<5} ours      {o['wall_s'] / o['steps']:7.3f} s/chain-step  peak {o['peak'] / gib:6.3f} GiB "
                     f"(plan estimate {o['estimate'] / gib:.3f}, {o['path']}, micro {o['micro']:.0f}) "
                     f"= {o['peak'] / ref['peak']:.2f}x weights+acts  llc {o['llc_mean']:.2f} +- {o['llc_std']:.2f}")

@@ -41,9 +41,11 @@ class MemoryEstimate:
     activations_per_item: int   # saved for backward, one chain, one batch item
     largest_per_item: int       # the largest single saved tensor per item (logits, usually)
 
-    def peak(self, *, chains: int, batch: int) -> int:
-        """Peak bytes with `chains` chains stepping together on micro-batches of `batch` items."""
-        state = self.sampled * (1 + (_STATE_COPIES_ONE_CHAIN if chains == 1 else _STATE_COPIES_PER_CHAIN * chains))
+    def peak(self, *, chains: int, batch: int, accumulate: bool = False) -> int:
+        """Peak bytes with `chains` chains stepping together on micro-batches of `batch` items
+        (accumulate: gradients summed over micro-batches, one more copy per chain)."""
+        copies = _STATE_COPIES_ONE_CHAIN if chains == 1 else _STATE_COPIES_PER_CHAIN * chains
+        state = self.sampled * (1 + copies + (chains if accumulate else 0))
         acts = chains * batch * (self.activations_per_item + _LARGEST_COPIES * self.largest_per_item)
         return self.weights + state + acts
 
@@ -133,11 +135,11 @@ def plan_memory(est: MemoryEstimate, *, num_chains: int, batch_size: int, budget
             return MemoryPlan(group, 1, peak, budget, est)
     micro_choices = [m for m in range(2, batch_size + 1) if batch_size % m == 0]
     for micro in micro_choices:
-        peak = est.peak(chains=groups[-1], batch=batch_size // micro)
+        peak = est.peak(chains=groups[-1], batch=batch_size // micro, accumulate=True)
         if peak <= budget:
             return MemoryPlan(groups[-1], micro, peak, budget, est)
-    smallest = est.peak(chains=groups[-1], batch=1)
-    base = est.peak(chains=groups[-1], batch=0)
+    smallest = est.peak(chains=groups[-1], batch=1, accumulate=batch_size > 1)
+    base = est.peak(chains=groups[-1], batch=0, accumulate=batch_size > 1)
     if base > budget:
         fix = ("sample fewer parameters (sample_params / sweep.components, e.g. one head 'l0h0' instead of "
                "'all') or run on a device with more memory")

@@ -30,7 +30,7 @@ def test_plan_refuses_in_one_sentence_naming_the_knob() -> None:
     with pytest.raises(MemoryPlanError, match=r"more than the 0\.10 GiB available; sample fewer parameters"):
         plan_memory(EST, num_chains=4, batch_size=8, budget=100 * MB)
     with pytest.raises(MemoryPlanError, match="shorten the sequences"):
-        plan_memory(EST, num_chains=4, batch_size=8, budget=EST.peak(chains=1, batch=1) - 1)
+        plan_memory(EST, num_chains=4, batch_size=8, budget=EST.peak(chains=1, batch=1, accumulate=True) - 1)
 
 
 def test_gradient_accumulation_runs_the_same_chains_in_less_memory() -> None:

@@ -38,6 +38,7 @@ class CheckpointPoint:
     n_jobs: int               # seeds
     init_loss: float | None   # L_n(w*) at the checkpoint, mean over jobs
     r_hat_max: float | None   # worst R-hat over the seeds' jobs (None if any job lacks one)
+    estimates: tuple[float, ...] = ()   # every per-chain λ̂ of every seed (what the stage bootstrap resamples)
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ def _point(step: int, rows: list[ResultRow]) -> CheckpointPoint | None:
         llc_sem=std / math.sqrt(arr.size) if math.isfinite(std) else float("nan"),
         n_estimates=int(arr.size), n_jobs=len(rows), init_loss=float(np.mean(losses)) if losses else None,
         r_hat_max=None if any(r is None for r in rhats) else float(max(rhats)),  # type: ignore[type-var]
+        estimates=tuple(float(v) for v in arr),
     )
 
 

@@ -22,6 +22,7 @@ from ray import exceptions as rex
 from services.scheduler import claims, feasibility
 from services.scheduler.cluster import has_gpus
 from services.scheduler.followup import FinishedJob, FollowUp
+from services.scheduler.refine import refine_adaptive
 from services.scheduler.task import remote_execute_job
 from services.store import repository as repo
 from services.store.db import ensure_schema, session_scope
@@ -366,6 +367,8 @@ class Scheduler:
     def _sweeps_finished(self, sweep_ids: list[int]) -> None:
         for sid in sweep_ids:
             if sid not in self.report.finished_sweeps:
+                if refine_adaptive(sid, database_url=self._url):
+                    continue  # more checkpoints to estimate: the sweep is running again
                 self.report.finished_sweeps.append(sid)
                 self._followup.sweep_done(sid)
 

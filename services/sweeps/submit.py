@@ -8,6 +8,7 @@ from __future__ import annotations
 import getpass
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.cli import UserError
 from services.store import repository as repo
@@ -81,21 +82,22 @@ def submit_plan(plan: SweepPlan, *, name: str, submitted_by: str | None, databas
     who = submitted_by or _user()
     with session_scope(database_url) as s:
         run = repo.upsert_training_run(s, uri=plan.run_uri)
-        rows = {}
-        for ref in plan.checkpoints:
-            rows[ref.uri] = repo.upsert_checkpoint(s, training_run=run, step=ref.step, uri=ref.uri,
-                                                   fingerprint=ref.fingerprint)
         sweep = repo.create_sweep(s, name=name, config=plan.config, submitted_by=who, training_run=run)
-        outcome = repo.add_jobs(s, sweep=sweep, jobs=_new_jobs(plan.jobs, rows))
+        outcome = link_jobs(s, sweep=sweep, run=run, checkpoints=plan.checkpoints, jobs=plan.jobs)
         sweep_id = sweep.id
     return SubmitOutcome(sweep_id=sweep_id, name=name, run_uri=plan.run_uri, checkpoints=len(plan.checkpoints),
                          jobs=len(plan.jobs), new=outcome.new, already_done=outcome.already_done,
                          already_queued=outcome.already_queued, skipped=tuple(plan.skipped))
 
 
-def _new_jobs(jobs: Sequence[PlannedJob], rows: dict) -> list[repo.NewJob]:
-    return [repo.NewJob(checkpoint=rows[j.checkpoint.uri], key=j.key, hyperparameters=j.hyperparameters, seed=j.seed,
-                        spec=j.spec) for j in jobs]
+def link_jobs(s: Any, *, sweep: Any, run: Any, checkpoints: Sequence[Any], jobs: Sequence[PlannedJob]
+              ) -> repo.AddJobsOutcome:
+    """Store the checkpoints and link the planned jobs to `sweep` (finished keys reused)."""
+    rows = {ref.uri: repo.upsert_checkpoint(s, training_run=run, step=ref.step, uri=ref.uri, fingerprint=ref.fingerprint)
+            for ref in checkpoints}
+    return repo.add_jobs(s, sweep=sweep, jobs=[
+        repo.NewJob(checkpoint=rows[j.checkpoint.uri], key=j.key, hyperparameters=j.hyperparameters, seed=j.seed,
+                    spec=j.spec) for j in jobs])
 
 
 def _user() -> str:

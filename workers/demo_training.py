@@ -108,15 +108,12 @@ def evaluate(model: AttnOnlyForCausalLM, tokens: torch.Tensor, in_context: torch
     rows, targets = mask.nonzero(as_tuple=True)
     targets = targets + 1
     queries, keys = targets - 1, source[rows, targets]
-    scores = []
-    for layer, pattern in enumerate(out.attentions):     # (N, H, T, T)
-        per_head = pattern[rows, :, queries, keys].mean(0)  # (H,)
-        scores += [(float(s), layer, h) for h, s in enumerate(per_head)]
-    best = max(scores)
+    heads = scores_from_attentions(out.attentions, tokens, targets=(rows, queries, keys))
+    best = max(heads, key=lambda h: (heads[h]["induction"], h))
     model.train()
     return {"loss": float(nll.mean()), "in_context_loss": float(nll[mask].mean()),
-            "other_loss": float(nll[~mask].mean()), "induction_score": best[0],
-            "induction_head": f"{best[1]}.{best[2]}", "heads": scores_from_attentions(out.attentions, tokens)}
+            "other_loss": float(nll[~mask].mean()), "induction_score": heads[best]["induction"],
+            "induction_head": best, "heads": heads}
 
 
 def _existing_run(run_uri: str, settings: DemoSettings) -> list[dict] | None:

@@ -36,9 +36,13 @@ def induction_targets(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     return rows, queries, last[rows, queries] + 1
 
 
-def scores_from_attentions(attentions: Sequence[torch.Tensor], tokens: torch.Tensor) -> dict[str, dict[str, float]]:
-    """{"layer.head": {"prev_token": s, "induction": s}} from per-layer (N, H, T, T) patterns."""
-    rows, queries, keys = induction_targets(tokens)
+def scores_from_attentions(attentions: Sequence[torch.Tensor], tokens: torch.Tensor, *,
+                           targets: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                           ) -> dict[str, dict[str, float]]:
+    """{"layer.head": {"prev_token": s, "induction": s}} from per-layer (N, H, T, T) patterns.
+    `targets` (rows, queries, keys) replaces the induction targets found from the tokens when
+    the task knows them (the demo's repeated segment: chance repeats would dilute the score)."""
+    rows, queries, keys = targets if targets is not None else induction_targets(tokens)
     t = tokens.shape[1]
     q = torch.arange(1, t)
     out: dict[str, dict[str, float]] = {}

@@ -2,12 +2,13 @@
 
 The URL comes from, in order: a connection handed in by services.store.db
 (config.attributes["connection"]), config.attributes["url"], `-x url=...`, then
-LLC_DATABASE_URL / the embedded default via services.core.settings.
+LLC_DATABASE_URL / the embedded default via services.core.endpoints.
 """
 from __future__ import annotations
 
 from alembic import context
 
+from services.core.endpoints import resolve_endpoints
 from services.store.db import database_url, get_engine
 from services.store.models import Base, UTCDateTime
 
@@ -22,7 +23,8 @@ if config.config_file_name and "connection" not in config.attributes and "url" n
 
 
 def _url() -> str:
-    return database_url(config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url"))
+    given = config.attributes.get("url") or context.get_x_argument(as_dictionary=True).get("url")
+    return database_url(given or resolve_endpoints().database_url)
 
 
 def _render_item(type_: str, obj: object, autogen_context: object) -> str | bool:

@@ -22,22 +22,22 @@ SMALL_OVERRIDES = ("sweep=small", "sweep.run=demo-run-small", "sweep.dataset.uri
 @dataclass
 class DemoOutcome:
     run: Any          # workers.demo_training.DemoRun
-    sweep: Any        # services.sweeps.run.RunOutcome
+    sweep: Any        # services.run.RunOutcome
 
 
 def run_demo(*, small: bool = False, overrides: Sequence[str] = (), retrain: bool = False, tracking: bool = True,
              console: Console | None = None) -> DemoOutcome:
     from services.store.db import ensure_schema
     from services.sweeps.config import load_config
-    from services.sweeps.endpoints import resolve_endpoints, under_storage
-    from services.sweeps.run import run_sweep
+    from services.core.endpoints import resolve_endpoints
+    from services.run import run_sweep
     from workers.demo_training import DemoSettings, train_demo
 
     console = console or Console()
     # Resolve the config first: a bad override is refused before any work is done.
     cfg = load_config([*(SMALL_OVERRIDES if small else ("sweep=demo",)), *overrides])
     ends = resolve_endpoints(cfg)
-    run_uri = under_storage(cfg.sweep.run, ends.storage_uri)
+    run_uri = ends.under_storage(cfg.sweep.run)
     # An un-migrated Postgres is refused now, not after training (SQLite is upgraded in place).
     ensure_schema(ends.database_url)
 

@@ -17,19 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.core.endpoints import Endpoints
+
 #: how long one network probe may wait before the endpoint counts as unreachable
 PROBE_TIMEOUT_S = 2.0
-
-
-@dataclass(frozen=True)
-class Targets:
-    """What the doctor checks: the endpoints a command run here would use."""
-
-    database_url: str
-    storage_uri: str
-    tracking_uri: str
-    ray_address: str | None      # None: commands start their own local Ray
-    cache_dir: Path
 
 
 @dataclass(frozen=True)
@@ -41,7 +32,7 @@ class Check:
     seconds: float
 
 
-def run_checks(targets: Targets, *, probe_timeout_s: float = PROBE_TIMEOUT_S) -> list[Check]:
+def run_checks(targets: Endpoints, *, probe_timeout_s: float = PROBE_TIMEOUT_S) -> list[Check]:
     """All checks, the independent network ones concurrently; Ray's in this thread (ray.init wants it)."""
     from services.store.db import masked
 

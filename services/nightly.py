@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from services.cli import UserError
+from services.core.errors import UserError
 from services.sweeps.config import config_dir, load_config
 from services.sweeps.schema import ScheduleConfig
 from services.sweeps.submit import SubmitError, SubmitOutcome, submit_sweep

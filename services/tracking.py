@@ -8,19 +8,20 @@ reuses or replaces runs instead of piling up duplicates.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
-from services.core.settings import endpoints, llc_home
+from services.core.numbers import chunks, finite_or_none
+from services.core.paths import llc_home
+from services.store.db import session_scope
+from services.store.sweeps import get_sweep, set_sweep_mlflow_run
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -87,26 +88,18 @@ def _as_mapping(result: Any) -> dict[str, Any]:
 
 
 def _finite(value: Any) -> float | None:
-    if isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (int, float)) and math.isfinite(float(value)):
-        return float(value)
-    return None
-
-
-def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
+    """A metric value: bools as 0/1 (flags in diagnostics), numbers when finite, else None."""
+    return float(value) if isinstance(value, bool) else finite_or_none(value)
 
 
 class Tracker:
     """MLflow logging for sweeps; safe to share between threads (one client, no global run)."""
 
-    def __init__(self, tracking_uri: str | None = None) -> None:
+    def __init__(self, tracking_uri: str) -> None:
         for name, value in _HTTP_ENV_DEFAULTS.items():
             os.environ.setdefault(name, value)
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        self.tracking_uri = tracking_uri or endpoints().tracking_uri
+        self.tracking_uri = tracking_uri
         self._local = urlparse(self.tracking_uri).scheme in ("sqlite", "file", "")
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -176,11 +169,11 @@ class Tracker:
 
     def _log_batch(self, run_id: str, *, metrics: Sequence[Any] = (), params: Sequence[Any] = (),
                    tags: Sequence[Any] = ()) -> None:
-        for chunk in _chunks(list(params), MAX_BATCH_PARAMS):
+        for chunk in chunks(list(params), MAX_BATCH_PARAMS):
             self._call(lambda c=chunk: self.client.log_batch(run_id, params=c, synchronous=True))
-        for chunk in _chunks(list(tags), MAX_BATCH_ITEMS):
+        for chunk in chunks(list(tags), MAX_BATCH_ITEMS):
             self._call(lambda c=chunk: self.client.log_batch(run_id, tags=c, synchronous=True))
-        for chunk in _chunks(list(metrics), MAX_BATCH_ITEMS):
+        for chunk in chunks(list(metrics), MAX_BATCH_ITEMS):
             self._call(lambda c=chunk: self.client.log_batch(run_id, metrics=c, synchronous=True))
 
     # -- the contract -----------------------------------------------------------------------
@@ -236,7 +229,7 @@ class Tracker:
         tags += [RunTag(f"llc.{k}", str(v)[:5000]) for k, v in how.items() if v]
 
         metrics: list[Any] = []
-        for key in ("llc_mean", "llc_std", "init_loss", "baseline_loss", "nbeta", "n", "wall_time_s"):
+        for key in ("llc_mean", "llc_std", "init_loss", "loss_wstar", "baseline_loss", "nbeta", "n", "wall_time_s"):
             value = _finite(data.get(key))
             if value is not None:
                 metrics.append(Metric(key, value, now, 0))
@@ -306,29 +299,17 @@ class Tracker:
                 return False
         return True
 
-    def log_json_artifact(self, *, run_id: str, payload: Any, name: str) -> None:
-        """A small JSON document as an artifact (via a temporary file, no global state)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_text(json.dumps(payload, indent=2, default=str))
-            self._call(lambda: self.client.log_artifact(run_id, str(path)))
 
-
-def sweep_parent_run(tracker: Tracker, *, sweep_id: int, database_url: str | None = None) -> str:
+def sweep_parent_run(tracker: Tracker, *, sweep_id: int, database_url: str) -> str:
     """The sweep's MLflow parent run, created or reused, with its id kept on the sweep row.
 
     The scheduler's follow-up thread and the aggregator both need it; one place keeps the
     store and MLflow agreeing on which run is the sweep's."""
-    from services.store import repository as repo
-    from services.store.db import session_scope
-
     with session_scope(database_url) as s:
-        sweep = repo.get_sweep(s, sweep_id=sweep_id)
-        name, config, existing = sweep.name, dict(sweep.config or {}), sweep.mlflow_run_id
-        run_uri = sweep.training_run.uri if sweep.training_run is not None else ""
-    run_id = tracker.sweep_run(sweep_id=sweep_id, sweep_name=name, training_run=run_uri, config=config,
-                               existing_run_id=existing)
-    if run_id != existing:
+        sweep = get_sweep(s, sweep_id=sweep_id)
+    run_id = tracker.sweep_run(sweep_id=sweep_id, sweep_name=sweep.name, training_run=sweep.training_run_uri or "",
+                               config=sweep.config, existing_run_id=sweep.mlflow_run_id)
+    if run_id != sweep.mlflow_run_id:
         with session_scope(database_url) as s:
-            repo.set_sweep_mlflow_run(s, sweep_id=sweep_id, run_id=run_id)
+            set_sweep_mlflow_run(s, sweep_id=sweep_id, run_id=run_id)
     return run_id

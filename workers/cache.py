@@ -34,7 +34,7 @@ class CacheError(ValueError):
 
 
 def default_cache_dir() -> Path:
-    """`LLC_CACHE_DIR`, else `$LLC_HOME/cache` (services.core.settings reports this same directory)."""
+    """`LLC_CACHE_DIR`, else `$LLC_HOME/cache` (services.core.endpoints reports this same directory)."""
     if os.environ.get("LLC_CACHE_DIR"):
         return Path(os.environ["LLC_CACHE_DIR"]).expanduser()
     home = Path(os.environ.get("LLC_HOME", Path.home() / ".llc")).expanduser()

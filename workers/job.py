@@ -31,7 +31,7 @@ class JobInputError(ValueError):
 class SamplerSpec:
     """One point of a sweep's hyperparameter grid."""
 
-    epsilon: float
+    epsilon: float | str                  # a step size, or "auto" (calibrated by the estimator)
     gamma: float
     nbeta: float | None
     num_chains: int
@@ -40,6 +40,7 @@ class SamplerSpec:
     batch_size: int
     steps_between_draws: int = 1
     baseline: str = "paired"
+    method: str = "sgld"                  # sgld | rmsprop_sgld
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class JobSpec:
     cache_dir: str | None = None          # default from LLC_CACHE_DIR / embedded default
     sample_params: tuple[str, ...] | None = None   # weight-restricted LLC (fnmatch patterns)
     compile: bool | None = None           # torch.compile the SGLD step; None: auto (how it runs, not what: not in the job key)
+    epsilon_hint: float | None = None     # epsilon=auto: a step picked on another checkpoint of the sweep, re-checked here
 
 
 def _json_float(x: Any) -> float | None:
@@ -89,13 +91,15 @@ class JobResult:
     device: str
     host: str
     estimator_version: str
-    extra: dict[str, Any] = field(default_factory=dict)   # path, fallback reason, checkpoint step
+    extra: dict[str, Any] = field(default_factory=dict)   # path, fallback reason, checkpoint step, calibration
+    loss_wstar: float | None = None        # L_n(w*) (or the best full-data estimate at w*; extra["notes"] says which)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (strict JSON: NaN/inf become null, as Postgres JSONB requires)."""
         d = asdict(self)
         for key in ("llc_mean", "llc_std", "init_loss", "baseline_loss", "nbeta", "wall_time_s"):
             d[key] = _json_float(d[key])
+        d["loss_wstar"] = None if self.loss_wstar is None else _json_float(self.loss_wstar)
         d["llc_per_chain"] = [_json_float(x) for x in self.llc_per_chain]
         d["loss_trace"] = [[_json_float(x) for x in row] for row in self.loss_trace]
         d["diagnostics"] = {k: (v if isinstance(v, bool) or v is None else _json_float(v))
@@ -112,6 +116,7 @@ class JobResult:
         d["n"], d["num_chains"], d["num_draws"] = int(d["n"]), int(d["num_chains"]), int(d["num_draws"])
         d["diverged"] = bool(d["diverged"])
         d.setdefault("extra", {})
+        d["loss_wstar"] = None if d.get("loss_wstar") is None else _nan(d["loss_wstar"])
         return cls(**d)
 
 
@@ -158,8 +163,8 @@ def _sgld_config(spec: JobSpec) -> Any:
     try:
         return SGLDConfig(epsilon=s.epsilon, gamma=s.gamma, nbeta=s.nbeta, num_chains=s.num_chains,
                           num_draws=s.num_draws, num_burnin=s.num_burnin, steps_between_draws=s.steps_between_draws,
-                          batch_size=s.batch_size, seed=spec.seed, baseline=s.baseline,
-                          sample_params=spec.sample_params, compile=spec.compile)
+                          batch_size=s.batch_size, seed=spec.seed, baseline=s.baseline, method=s.method,
+                          sample_params=spec.sample_params, compile=spec.compile, epsilon_hint=spec.epsilon_hint)
     except ValueError as exc:
         raise JobInputError(str(exc)) from exc
 
@@ -197,6 +202,10 @@ def run_job(spec: JobSpec, *, progress: Callable[[int, int], None] | None = None
     diagnostics["vectorized"] = res.path == "vectorized"
     diagnostics["chains_diverged"] = float(sum(bool(x) for x in res.chain_diverged))
     diverged = bool(res.diverged) or not math.isfinite(res.llc_mean)
+    extra: dict[str, Any] = {"path": res.path, "fallback_reason": res.fallback_reason, "notes": dict(res.notes),
+                             "step": spec.step, "fingerprint": ref.fingerprint}
+    if res.calibration is not None:
+        extra["calibration"] = res.calibration
     return JobResult(
         llc_mean=float(res.llc_mean), llc_std=float(res.llc_std), llc_per_chain=[float(x) for x in res.llc_per_chain],
         init_loss=float(res.init_loss), baseline_loss=float(res.baseline_loss), nbeta=float(res.nbeta), n=int(res.n),
@@ -204,6 +213,5 @@ def run_job(spec: JobSpec, *, progress: Callable[[int, int], None] | None = None
         loss_trace=[[float(x) for x in row] for row in res.loss_trace.tolist()],
         wall_time_s=time.perf_counter() - started, device=str(res.device), host=socket.gethostname(),
         estimator_version=ESTIMATOR_VERSION,
-        extra={"path": res.path, "fallback_reason": res.fallback_reason, "notes": dict(res.notes), "step": spec.step,
-               "fingerprint": ref.fingerprint},
+        extra=extra, loss_wstar=_json_float(res.loss_wstar),
     )

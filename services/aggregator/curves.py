@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from services.core.labels import setting_labels
+from services.core.numbers import finite_or_none
+from services.core.status import JobStatus
 from services.store.jobkey import setting_key
-from services.store.repository import ResultRow
+from services.store.entities import ResultRow
 
-# Short names for labels, in display order.
-LABEL_NAMES: tuple[tuple[str, str], ...] = (
-    ("epsilon", "eps"), ("gamma", "gamma"), ("nbeta", "nbeta"), ("num_chains", "chains"),
-    ("num_draws", "draws"), ("num_burnin", "burnin"), ("batch_size", "batch"),
-    ("steps_between_draws", "thin"), ("baseline", "baseline"), ("sample_params", "params"),
-)
 
 
 @dataclass(frozen=True)
@@ -36,7 +33,7 @@ class CheckpointPoint:
     llc_sem: float            # llc_std / sqrt(estimates): the uncertainty of llc_mean
     n_estimates: int          # chains × seeds pooled
     n_jobs: int               # seeds
-    init_loss: float | None   # L_n(w*) at the checkpoint, mean over jobs
+    loss_wstar: float | None  # L_n(w*) at the checkpoint (init_loss for results without it), mean over jobs
     r_hat_max: float | None   # worst R-hat over the seeds' jobs (None if any job lacks one)
     estimates: tuple[float, ...] = ()   # every per-chain λ̂ of every seed (what the stage bootstrap resamples)
 
@@ -66,45 +63,12 @@ class SettingCurve:
                 np.array([p.llc_std for p in self.points]), np.array([p.llc_sem for p in self.points]))
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "auto"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "+".join(str(v) for v in value)
-    return str(value)
-
-
-def setting_labels(settings: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Labels naming only what differs between the settings (ε always shown)."""
-    keys = {k for s in settings for k in s}
-    varying = [k for k in keys if len({_fmt(s.get(k)) for s in settings}) > 1]
-    known = [name for name, _ in LABEL_NAMES]
-    shown = [k for k in known if k in varying or (k == "epsilon" and k in keys)]
-    shown += sorted(k for k in varying if k not in known)
-    short = dict(LABEL_NAMES)
-    return [" ".join(f"{short.get(k, k)}={_fmt(s.get(k))}" for k in shown) for s in settings]
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
-
-
 def _estimates(row: ResultRow) -> list[float]:
     """The row's per-chain λ̂ values (its mean alone when the chains were not stored)."""
-    chains = [v for v in (_finite(c) for c in (row.llc_per_chain or [])) if v is not None]
+    chains = [v for v in (finite_or_none(c) for c in (row.llc_per_chain or [])) if v is not None]
     if chains:
         return chains
-    mean = _finite(row.llc_mean)
+    mean = finite_or_none(row.llc_mean)
     return [mean] if mean is not None else []
 
 
@@ -115,13 +79,13 @@ def _point(step: int, rows: list[ResultRow]) -> CheckpointPoint | None:
     arr = np.asarray(values)
     std = float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
     if arr.size == 1 or not math.isfinite(std):
-        std = _finite(rows[0].llc_std) or float("nan")  # one chain: the job's own spread estimate
-    losses = [v for v in (_finite(r.init_loss) for r in rows) if v is not None]
-    rhats = [_finite((r.diagnostics or {}).get("r_hat")) for r in rows]
+        std = finite_or_none(rows[0].llc_std) or float("nan")  # one chain: the job's own spread estimate
+    losses = [v for v in (finite_or_none(r.loss_at_wstar) for r in rows) if v is not None]
+    rhats = [finite_or_none((r.diagnostics or {}).get("r_hat")) for r in rows]
     return CheckpointPoint(
         step=step, checkpoint_uri=rows[0].checkpoint_uri, llc_mean=float(arr.mean()), llc_std=std,
         llc_sem=std / math.sqrt(arr.size) if math.isfinite(std) else float("nan"),
-        n_estimates=int(arr.size), n_jobs=len(rows), init_loss=float(np.mean(losses)) if losses else None,
+        n_estimates=int(arr.size), n_jobs=len(rows), loss_wstar=float(np.mean(losses)) if losses else None,
         r_hat_max=None if any(r is None for r in rhats) else float(max(rhats)),  # type: ignore[type-var]
         estimates=tuple(float(v) for v in arr),
     )
@@ -146,9 +110,9 @@ def build_curves(rows: Iterable[ResultRow]) -> tuple[list[SettingCurve], Counter
         diverged: set[int] = set()
         for row in groups[key]:
             counts[row.status] += 1
-            if row.status == "diverged":
+            if row.status == JobStatus.DIVERGED:
                 diverged.add(int(row.step))
-            if row.status == "succeeded":
+            if row.status == JobStatus.SUCCEEDED:
                 by_step[int(row.step)].append(row)
         points = [p for step in sorted(by_step) if (p := _point(step, by_step[step])) is not None]
         curves.append(SettingCurve(key=key, label=labels[key], hyperparameters=hyper[key], points=tuple(points),

@@ -143,8 +143,8 @@ class AggregateReport:
         stab_path = self.out_dir / "stability.csv"
         with stab_path.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["setting", "step", "llc_mean", "llc_std", "n_estimates", "init_loss", "r_hat_max"])
+            writer.writerow(["setting", "step", "llc_mean", "llc_std", "n_estimates", "loss_wstar", "r_hat_max"])
             for curve in self.curves:
                 for p in curve.points:
-                    writer.writerow([curve.label, p.step, p.llc_mean, p.llc_std, p.n_estimates, p.init_loss, p.r_hat_max])
+                    writer.writerow([curve.label, p.step, p.llc_mean, p.llc_std, p.n_estimates, p.loss_wstar, p.r_hat_max])
         return [csv_path, json_path, stab_path]

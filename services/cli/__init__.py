@@ -12,19 +12,18 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from services.core.errors import UserError
+
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "services.cli.demo",
     "services.cli.aggregate",
     "services.cli.db",
     "services.cli.doctor",
+    "services.cli.export",
     "services.cli.nightly",
     "services.cli.sweeps",
     "services.cli.train_demo",
 )
-
-
-class UserError(Exception):
-    """A problem the user can fix: printed as one sentence, exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:

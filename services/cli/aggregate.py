@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from services.cli import UserError
+from services.core.endpoints import resolve_endpoints
+from services.core.errors import UserError
 
 
 def register(subparsers: Any) -> None:
@@ -30,19 +31,16 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_aggregate)
 
 
-def resolve_sweep_id(sweep: str, database_url: str | None) -> int:
+def resolve_sweep_id(sweep: str, database_url: str) -> int:
     """An id as given, or the newest sweep with that name."""
-    from services.store import ensure_schema, session_scope
-    from services.store.repository import list_sweeps
+    from services.store.db import ensure_schema, session_scope
+    from services.store.sweeps import find_sweep
 
     if sweep.isdigit():
         return int(sweep)
     ensure_schema(database_url)
     with session_scope(database_url) as session:
-        matches = [s for s in list_sweeps(session) if s.name == sweep]
-    if not matches:
-        raise UserError(f"there is no sweep named {sweep!r}; run `llc status` to list the sweeps, or give its id.")
-    return max(matches, key=lambda s: (s.created_at, s.id)).id
+        return find_sweep(session, sweep).id
 
 
 def print_report(report: Any) -> None:
@@ -70,10 +68,14 @@ def print_report(report: Any) -> None:
 
 def _aggregate(args: argparse.Namespace) -> int:
     from services.aggregator import aggregate_sweep
+    from services.tracking import Tracker
 
-    sweep_id = resolve_sweep_id(args.sweep, args.database_url)
-    report = aggregate_sweep(sweep_id=sweep_id, database_url=args.database_url, out_dir=args.out_dir,
-                             log_to_mlflow=not args.no_mlflow, z=args.z, r_hat_threshold=args.r_hat)
+    ends = resolve_endpoints()
+    url = args.database_url or ends.database_url
+    sweep_id = resolve_sweep_id(args.sweep, url)
+    tracker = None if args.no_mlflow else Tracker(ends.tracking_uri)
+    report = aggregate_sweep(sweep_id=sweep_id, database_url=url, out_dir=args.out_dir, tracker=tracker,
+                             log_to_mlflow=tracker is not None, z=args.z, r_hat_threshold=args.r_hat)
     print_report(report)
     if report.tracking_error:
         raise UserError(f"{report.tracking_error} (stages are stored and plots written under {report.out_dir})")

@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from services.core.endpoints import resolve_endpoints
+from services.store import db
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("db", help="manage the results store's schema (Alembic revisions)",
@@ -30,27 +33,28 @@ def register(subparsers: Any) -> None:
                        help="database to act on (default: LLC_DATABASE_URL, else the embedded SQLite file)")
 
 
-def _upgrade(args: argparse.Namespace) -> int:
-    from services.store import db
+def _url(args: argparse.Namespace) -> str:
+    return db.database_url(args.database_url or resolve_endpoints().database_url)
 
-    db.upgrade(args.database_url, args.revision)
-    print(f"{db.masked(db.database_url(args.database_url))} is at revision {db.current_revision(args.database_url) or 'base'}")
+
+def _upgrade(args: argparse.Namespace) -> int:
+    url = _url(args)
+    db.upgrade(url, args.revision)
+    print(f"{db.masked(url)} is at revision {db.current_revision(url) or 'base'}")
     return 0
 
 
 def _downgrade(args: argparse.Namespace) -> int:
-    from services.store import db
-
-    db.downgrade(args.database_url, args.revision)
-    print(f"{db.masked(db.database_url(args.database_url))} is at revision {db.current_revision(args.database_url) or 'base'}")
+    url = _url(args)
+    db.downgrade(url, args.revision)
+    print(f"{db.masked(url)} is at revision {db.current_revision(url) or 'base'}")
     return 0
 
 
 def _current(args: argparse.Namespace) -> int:
-    from services.store import db
-
-    current = db.current_revision(args.database_url)
+    url = _url(args)
+    current = db.current_revision(url)
     head = db.head_revision()
     state = "up to date" if current == head else "out of date: run `llc db upgrade`"
-    print(f"{db.masked(db.database_url(args.database_url))}: revision {current or 'base (empty)'}, code head {head} ({state})")
+    print(f"{db.masked(url)}: revision {current or 'base (empty)'}, code head {head} ({state})")
     return 0 if current == head else 1

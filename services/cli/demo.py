@@ -24,7 +24,7 @@ def register(subparsers: Any) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from services.cli import UserError
+    from services.core.errors import UserError
     from services.cli.aggregate import print_report
     from services.demo import induction_alignment, run_demo
     from workers.demo_training import DemoRunError

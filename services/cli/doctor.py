@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+from services.core.endpoints import Endpoints, resolve_endpoints
+
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -20,17 +22,12 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_doctor)
 
 
-def targets(overrides: list[str]) -> Any:
+def targets(overrides: list[str]) -> Endpoints:
     """The one place the doctor resolves endpoints: the same helpers every other command uses."""
-    from services.core.settings import endpoints
-    from services.doctor import Targets
     from services.sweeps.config import load_config
-    from services.sweeps.endpoints import resolve_endpoints
 
     # Without overrides the composed config adds nothing to the variables: skip composing it (a probe runs often).
-    ends = resolve_endpoints(load_config(overrides)) if overrides else endpoints()
-    return Targets(database_url=ends.database_url, storage_uri=ends.storage_uri, tracking_uri=ends.tracking_uri,
-                   ray_address=ends.ray_address, cache_dir=endpoints().cache_dir)
+    return resolve_endpoints(load_config(overrides) if overrides else None)
 
 
 def _doctor(args: argparse.Namespace) -> int:

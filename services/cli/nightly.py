@@ -54,8 +54,8 @@ def _run_scheduler(args: argparse.Namespace, *, sweep_id: int) -> None:
     from services.scheduler.cluster import connect, disconnect
     from services.scheduler.loop import Scheduler, SchedulerOptions
     from services.sweeps.config import load_config
-    from services.sweeps.endpoints import resolve_endpoints
-    from services.sweeps.run import max_in_flight
+    from services.core.endpoints import resolve_endpoints
+    from services.run import max_in_flight
 
     cfg = load_config(args.overrides)
     ends = resolve_endpoints(cfg)

@@ -11,9 +11,10 @@ import logging
 import time
 from typing import Any
 
-from services.cli import UserError
+from services.core.endpoints import Endpoints, resolve_endpoints
+from services.core.errors import UserError
+from services.core.status import ACTIVE_SWEEP_STATUSES, TERMINAL_STATUSES
 
-TERMINAL = ("succeeded", "diverged", "failed", "cancelled")
 
 
 def register(subparsers: Any) -> None:
@@ -70,9 +71,7 @@ def _config(overrides: list[str]) -> Any:
     return load_config(overrides)
 
 
-def _endpoints(overrides: list[str]) -> Any:
-    from services.sweeps.endpoints import resolve_endpoints
-
+def _endpoints(overrides: list[str]) -> Endpoints:
     return resolve_endpoints(_config(overrides))
 
 
@@ -89,7 +88,7 @@ def _tracker(uri: str, disabled: bool) -> Any:
 
 
 def _max_in_flight(requested: int | None, num_cpus_per_job: float) -> int:
-    from services.sweeps.run import max_in_flight
+    from services.run import max_in_flight
 
     return max_in_flight(requested, num_cpus_per_job)
 
@@ -126,8 +125,6 @@ def _scheduler(args: argparse.Namespace) -> int:
 
     _logging(args.verbose)
     cfg = _config(args.overrides)
-    from services.sweeps.endpoints import resolve_endpoints
-
     ends = resolve_endpoints(cfg)
     started = connect(address=ends.ray_address, num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus)
     try:
@@ -162,7 +159,8 @@ def _split_sweep_arg(args: argparse.Namespace) -> tuple[int | None, list[str]]:
 def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from services.store import repository as repo
+    from services.store import results as store_results
+    from services.store import sweeps as store_sweeps
     from services.store.db import check_schema, session_scope
     from services.sweeps import views
 
@@ -174,20 +172,21 @@ def _status(args: argparse.Namespace) -> int:
         return _watch(url, sweep_id, args.interval, console)
     with session_scope(url) as s:
         if sweep_id is None:
-            sweeps = repo.list_sweeps(s)
+            sweeps = store_sweeps.list_sweeps(s)
             if not sweeps:
                 console.print("no sweeps yet; submit one with `llc submit sweep=demo`")
                 return 0
-            console.print(views.sweeps_table(sweeps, {sw.id: repo.sweep_counts(s, sweep_id=sw.id) for sw in sweeps}))
+            counts = store_sweeps.all_sweep_counts(s, sweep_ids=[sw.id for sw in sweeps])
+            console.print(views.sweeps_table(sweeps, counts))
             return 0
-        sweep = repo.get_sweep(s, sweep_id=sweep_id)
-        console.print(views.sweep_detail(sweep, repo.sweep_counts(s, sweep_id=sweep_id),
-                                         repo.sweep_results(s, sweep_id=sweep_id)))
+        sweep = store_sweeps.get_sweep(s, sweep_id=sweep_id)
+        console.print(views.sweep_detail(sweep, store_sweeps.sweep_counts(s, sweep_id=sweep_id),
+                                         store_results.sweep_results(s, sweep_id=sweep_id)))
     return 0
 
 
 def _watch(url: str, sweep_id: int | None, interval: float, console: Any) -> int:
-    from services.store import repository as repo
+    from services.store import sweeps as store_sweeps
     from services.store.db import session_scope
     from services.sweeps import views
 
@@ -195,31 +194,31 @@ def _watch(url: str, sweep_id: int | None, interval: float, console: Any) -> int
     with views.progress_bars() as progress:
         while True:
             with session_scope(url) as s:
-                sweeps = [repo.get_sweep(s, sweep_id=sweep_id)] if sweep_id is not None else [
-                    sw for sw in repo.list_sweeps(s) if sw.status in ("submitted", "running")]
+                sweeps = [store_sweeps.get_sweep(s, sweep_id=sweep_id)] if sweep_id is not None else [
+                    sw for sw in store_sweeps.list_sweeps(s) if sw.status in ACTIVE_SWEEP_STATUSES]
                 active = 0
                 for sw in sweeps:
-                    c = repo.sweep_counts(s, sweep_id=sw.id)
+                    c = store_sweeps.sweep_counts(s, sweep_id=sw.id)
                     total = sum(c.values())
-                    done = sum(c[k] for k in TERMINAL)
+                    done = sum(c[k] for k in TERMINAL_STATUSES)
                     detail = f"running {c['running']} · failed {c['failed']} · diverged {c['diverged']}"
                     if sw.id not in bars:
                         bars[sw.id] = progress.add_task(f"sweep {sw.id} {sw.name}", total=total, detail=detail)
                     progress.update(bars[sw.id], completed=done, total=total, detail=detail)
-                    active += sw.status in ("submitted", "running")
+                    active += sw.status in ACTIVE_SWEEP_STATUSES
             if not active:
                 return 0
             time.sleep(interval)
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from services.store import repository as repo
     from services.store.db import check_schema, session_scope
+    from services.store.sweeps import cancel_sweep
 
     url = _endpoints(args.overrides).database_url
     check_schema(url)
     with session_scope(url) as s:
-        ids = repo.cancel_sweep(s, sweep_id=args.sweep)
+        ids = cancel_sweep(s, sweep_id=args.sweep)
     print(f"sweep {args.sweep} cancelled: {len(ids)} pending/running job(s) cancelled "
           "(schedulers cancel the running Ray tasks within a second)")
     return 0
@@ -229,11 +228,11 @@ def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from services.cli.aggregate import print_report
-    from services.sweeps.run import run_sweep
+    from services.run import run_sweep
 
     _logging(args.verbose)
     cfg = _config(args.overrides)
-    ends = _endpoints_of(cfg)
+    ends = resolve_endpoints(cfg)
     outcome = run_sweep(cfg, console=Console(), tracker=_tracker(ends.tracking_uri, args.no_tracking),
                         requested_in_flight=args.max_in_flight, lease_seconds=args.lease_seconds,
                         poll_seconds=args.poll_seconds, max_attempts=args.max_attempts)
@@ -242,8 +241,3 @@ def _run(args: argparse.Namespace) -> int:
     failed = outcome.scheduler.failed if outcome.scheduler is not None else 0
     return 0 if failed == 0 else 1
 
-
-def _endpoints_of(cfg: Any) -> Any:
-    from services.sweeps.endpoints import resolve_endpoints
-
-    return resolve_endpoints(cfg)

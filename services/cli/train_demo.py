@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from services.cli import UserError
+from services.core.endpoints import resolve_endpoints
+from services.core.errors import UserError
 
 
 def register(subparsers: Any) -> None:
@@ -33,9 +34,7 @@ def register(subparsers: Any) -> None:
 
 
 def default_run_uri() -> str:
-    from services.core.settings import endpoints
-
-    return endpoints().storage_uri.rstrip("/") + "/demo-run"
+    return resolve_endpoints().under_storage("demo-run")
 
 
 def _train_demo(args: argparse.Namespace) -> int:

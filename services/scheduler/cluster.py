@@ -6,7 +6,7 @@ import os
 
 import ray
 
-from services.cli import UserError
+from services.core.errors import UserError
 
 log = logging.getLogger(__name__)
 

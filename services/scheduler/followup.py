@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from services.store import repository as repo
+from services.store.jobs import set_job_mlflow_run
 from services.store.db import session_scope
 from services.tracking import sweep_parent_run
 
@@ -43,7 +43,7 @@ def _lower_priority() -> None:
 class FollowUp:
     """Serial queue: each job's child run, then (when a sweep's last job is in) its aggregation."""
 
-    def __init__(self, *, database_url: str | None, tracker: Any | None, aggregate: bool) -> None:
+    def __init__(self, *, database_url: str, tracker: Any | None, aggregate: bool) -> None:
         self._url = database_url
         self._tracker = tracker
         self._aggregate = aggregate
@@ -81,7 +81,7 @@ class FollowUp:
             run_id = self._tracker.log_job(parent_run_id=parent, job_key=job.key, step=job.step, params=params,
                                            result=job.result, existing_run_id=job.mlflow_run_id)
             with session_scope(self._url) as s:
-                repo.set_job_mlflow_run(s, job_id=job.job_id, run_id=run_id)
+                set_job_mlflow_run(s, job_id=job.job_id, run_id=run_id)
         except Exception as exc:  # an MLflow failure must never lose or block results
             self.tracking_errors += 1
             log.warning("MLflow logging of job %s failed (%s); its result is stored, re-log it later.",

@@ -19,15 +19,19 @@ from typing import Any
 import ray
 from ray import exceptions as rex
 
-from services.scheduler import claims, feasibility
+from services.scheduler import feasibility
+from services.scheduler.carry import EpsilonCarry
 from services.scheduler.cluster import has_gpus
 from services.scheduler.followup import FinishedJob, FollowUp
-from services.scheduler.refine import refine_adaptive
+from services.scheduler.adaptive import refine_adaptive
 from services.scheduler.task import remote_execute_job
-from services.store import repository as repo
+from services.store import jobs as store_jobs
+from services.store import sweeps as store_sweeps
 from services.store.db import ensure_schema, session_scope
+from services.store.entities import JobInfo, NewResult, RecordedResults
 from services.store.errors import JobStateError
-from services.store.models import JobStatus
+from services.store.results import record_results
+from services.core.status import JobStatus
 from services.sweeps.expand import spec_from_dict
 
 log = logging.getLogger(__name__)
@@ -48,7 +52,7 @@ SYSTEM_ERRORS: tuple[type[BaseException], ...] = tuple(
 
 @dataclass(frozen=True, kw_only=True)
 class SchedulerOptions:
-    database_url: str | None = None
+    database_url: str
     max_in_flight: int = 8
     lease_seconds: float = 120.0
     poll_seconds: float = 0.5
@@ -108,8 +112,11 @@ class Scheduler:
     """One Ray driver. `run()` blocks until stopped, idle (`until_idle`) or done (`once`)."""
 
     def __init__(self, options: SchedulerOptions, *, tracker: Any | None = None, aggregate: bool = True,
-                 on_event: Callable[[JobEvent], None] | None = None) -> None:
+                 on_event: Callable[[JobEvent], None] | None = None, task: Any = None) -> None:
+        """`task`: the Ray remote function a job runs as (default: services.scheduler.task.remote_execute_job;
+        tests wrap it, e.g. to have a worker die on its first attempt)."""
         self.options = options
+        self._task = task if task is not None else remote_execute_job
         self.owner = options.owner or default_owner()
         self.report = SchedulerReport(owner=self.owner)
         self._url = options.database_url
@@ -125,6 +132,7 @@ class Scheduler:
         self._renew_every = self._check_every = 1.0
         self._next_renew = self._next_check = self._next_feasible = 0.0
         self._notes: dict[int, str] = {}     # job id → why no node can run it (written to the job's error)
+        self._carry = EpsilonCarry()         # epsilon=auto: calibrated picks handed to later jobs
         #: claim once this many slots are free: half the window, so half of it stays queued in Ray
         self._claim_batch = max(1, options.max_in_flight // 2)
 
@@ -140,7 +148,7 @@ class Scheduler:
         start = time.perf_counter()
         busy = 0.0
         with session_scope(self._url) as s:
-            self.report.released_orphans = repo.release_expired_leases(s, max_attempts=opts.max_attempts)
+            self.report.released_orphans = store_jobs.release_expired_leases(s, max_attempts=opts.max_attempts)
         if self.report.released_orphans:
             log.info("returned %d orphaned job(s) of a dead scheduler to pending", self.report.released_orphans)
         self._renew_every = renew_every = max(0.2, opts.lease_seconds / 3)
@@ -181,10 +189,10 @@ class Scheduler:
                 if opts.until_idle:
                     t1 = time.perf_counter()
                     with session_scope(self._url) as s:
-                        left = claims.remaining(s, sweep_id=opts.sweep_id)
+                        left = store_jobs.remaining(s, sweep_id=opts.sweep_id)
                         if left:
                             # Orphans of a dead scheduler: take them back as soon as their leases expire.
-                            repo.release_expired_leases(s, max_attempts=opts.max_attempts)
+                            store_jobs.release_expired_leases(s, max_attempts=opts.max_attempts)
                     busy += time.perf_counter() - t1
                     if left == 0:
                         break
@@ -204,37 +212,38 @@ class Scheduler:
             claimed = self._claim(s, limit)
         return self._submit(*claimed)
 
-    def _claim(self, s: Any, limit: int) -> tuple[list[tuple[Any, ...]], dict[int, list[int]]]:
+    def _claim(self, s: Any, limit: int) -> tuple[list[JobInfo], dict[int, list[int]]]:
         """Claim up to `limit` jobs in the caller's transaction; submit them once it commits."""
         opts = self.options
-        jobs = repo.claim_jobs(s, owner=self.owner, limit=limit, lease_seconds=opts.lease_seconds, sweep_id=opts.sweep_id)
+        jobs = store_jobs.claim_jobs(s, owner=self.owner, limit=limit, lease_seconds=opts.lease_seconds,
+                                     sweep_id=opts.sweep_id)
         if not jobs:
             return [], {}
-        sweep_map = claims.sweeps_of(s, [j.id for j in jobs])
-        rows = [(j.id, j.key, dict(j.spec), dict(j.hyperparameters), int(j.seed), j.mlflow_run_id) for j in jobs]
+        sweep_map = store_sweeps.sweeps_of_jobs(s, [j.id for j in jobs])
         for sweep_ids in sweep_map.values():
             for sid in sweep_ids:
                 if sid not in self._resources:
-                    self._resources[sid] = claims.sweep_resources(s, sweep_id=sid)
-        return rows, sweep_map
+                    self._resources[sid] = store_sweeps.sweep_resources(s, sweep_id=sid)
+        return jobs, sweep_map
 
-    def _submit(self, rows: list[tuple[Any, ...]], sweep_map: dict[int, list[int]]) -> int:
-        for job_id, key, spec_json, hyper, seed, run_id in rows:
-            sweep_ids = tuple(sweep_map.get(job_id, ()))
+    def _submit(self, jobs: list[JobInfo], sweep_map: dict[int, list[int]]) -> int:
+        for job in jobs:
+            sweep_ids = tuple(sweep_map.get(job.id, ()))
             try:
-                spec = spec_from_dict(spec_json)
+                spec = spec_from_dict(job.spec)
             except (TypeError, KeyError, ValueError) as exc:
-                self._fail(job_id, sweep_ids, int(spec_json.get("step", -1)),
-                           f"job {job_id} has a stored spec this worker version cannot read ({exc}); resubmit the sweep.",
+                self._fail(job.id, sweep_ids, job.step,
+                           f"job {job.id} has a stored spec this worker version cannot read ({exc}); resubmit the sweep.",
                            retry=False)
                 continue
+            spec = self._carry.apply(spec, sweep_ids, job.hyperparameters)
             options = self._task_options(sweep_ids)
-            ref = remote_execute_job.options(**options).remote(spec)
-            self._inflight[ref] = _Flight(job_id=job_id, key=key, step=int(spec.step), seed=seed, hyperparameters=hyper,
-                                          sweep_ids=sweep_ids, mlflow_run_id=run_id,
-                                          demand=feasibility.demand_of(options))
+            ref = self._task.options(**options).remote(spec)
+            self._inflight[ref] = _Flight(job_id=job.id, key=job.key, step=job.step, seed=job.seed,
+                                          hyperparameters=job.hyperparameters, sweep_ids=sweep_ids,
+                                          mlflow_run_id=job.mlflow_run_id, demand=feasibility.demand_of(options))
             self.report.submitted += 1
-        return len(rows)
+        return len(jobs)
 
     def _task_options(self, sweep_ids: tuple[int, ...]) -> dict[str, Any]:
         res = self._resources.get(sweep_ids[0], {}) if sweep_ids else {}
@@ -266,7 +275,7 @@ class Scheduler:
         cleared = [i for i in self._notes if i not in notes and i in {f.job_id for f in flights}]
         if changed or cleared:
             with session_scope(self._url) as s:
-                claims.note_jobs(s, owner=self.owner, notes={**changed, **dict.fromkeys(cleared)})
+                store_jobs.note_jobs(s, owner=self.owner, notes={**changed, **dict.fromkeys(cleared)})
         self._notes = notes
 
     def _handle(self, refs: list[ray.ObjectRef]) -> None:
@@ -302,67 +311,79 @@ class Scheduler:
             self._write()
 
     def _write(self) -> None:
-        done, self._unwritten = self._unwritten, []
+        """Store the fetched results; the same transaction refills the window and does the
+        lease/cancellation checks that are due. The buffer is emptied only once that commits."""
+        done = self._unwritten
         if not done:
             return
-        # One transaction for the batch: one locking read, one multi-row insert, one sweep refresh.
         with session_scope(self._url) as s:
-            outcome = repo.record_results(s, owner=self.owner, results=[
-                repo.NewResult(job_id=f.job_id, result=r, diverged=bool(r.get("diverged"))) for f, r in done])
-            stored_ids = set(outcome.stored)
-            stored = [(f, r) for f, r in done if f.job_id in stored_ids]
-            lost = [(f, outcome.refused[f.job_id]) for f, _ in done if f.job_id not in stored_ids]
-            finished = claims.finished_sweeps(s, sorted({sid for f, _ in stored for sid in f.sweep_ids}))
-            # Refill the window in the same transaction (one connection checkout and commit, not two).
-            free = self.options.max_in_flight - len(self._inflight)
-            may = self._may_claim() and free >= self._claim_batch
-            refill = self._claim(s, free) if may else ([], {})
-            now = time.monotonic()
-            current = self._statuses(s) if now >= self._next_check else None
-            if now >= self._next_renew:
-                self._renew(s)
+            outcome = record_results(s, owner=self.owner, results=[
+                NewResult(job_id=f.job_id, result=r, diverged=bool(r.get("diverged"))) for f, r in done])
+            refill = self._claim(s, self._free()) if self._may_refill() else ([], {})
+            current = self._due_checks(s)
+        self._unwritten = []
         if current:
             self._check_cancelled(current)
         if refill[0]:
             self._claimed_once = True
             self._submit(*refill)
-        for flight, reason in lost:
-            self.report.lost_lease += 1
-            log.warning("dropping the result of job %s: %s", flight.job_id, reason)
-            self._emit(flight, "lost", error=reason)
-        for flight, result in stored:
-            diverged = bool(result.get("diverged"))
-            if diverged:
+        self._report_written(done, outcome)
+        self._sweeps_finished(list(outcome.finished_sweeps))
+
+    def _free(self) -> int:
+        return self.options.max_in_flight - len(self._inflight)
+
+    def _may_refill(self) -> bool:
+        return self._may_claim() and self._free() >= self._claim_batch
+
+    def _due_checks(self, s: Any) -> dict[int, str] | None:
+        """Lease renewal and the statuses for the cancellation check, when due, in `s`'s transaction."""
+        now = time.monotonic()
+        current = self._statuses(s) if now >= self._next_check else None
+        if now >= self._next_renew:
+            self._renew(s)
+        return current
+
+    def _report_written(self, done: list[tuple[_Flight, dict[str, Any]]], outcome: RecordedResults) -> None:
+        """Counts, events and MLflow follow-ups for a stored batch; refused results are dropped with their reason."""
+        for flight, result in done:
+            reason = outcome.refused.get(flight.job_id)
+            if reason is not None and flight.job_id not in outcome.stored:
+                self.report.lost_lease += 1
+                log.warning("dropping the result of job %s: %s", flight.job_id, reason)
+                self._emit(flight, "lost", error=reason)
+                continue
+            self._carry.observe(flight.sweep_ids, flight.hyperparameters, result)
+            status = JobStatus.DIVERGED if result.get("diverged") else JobStatus.SUCCEEDED
+            if status == JobStatus.DIVERGED:
                 self.report.diverged += 1
             else:
                 self.report.succeeded += 1
-            self._emit(flight, "diverged" if diverged else "succeeded", llc_mean=result.get("llc_mean"))
+            self._emit(flight, str(status), llc_mean=result.get("llc_mean"))
             if flight.sweep_ids:
                 self._followup.job_done(FinishedJob(job_id=flight.job_id, sweep_id=flight.sweep_ids[0], key=flight.key,
                                                     step=flight.step, hyperparameters=flight.hyperparameters,
                                                     seed=flight.seed, result=result, mlflow_run_id=flight.mlflow_run_id))
-        self._sweeps_finished(finished)
 
     def _fail(self, job_id: int, sweep_ids: tuple[int, ...], step: int, error: str, *, retry: bool) -> None:
         try:
             with session_scope(self._url) as s:
-                repo.record_failure(s, job_id=job_id, owner=self.owner, error=error, retry=retry,
-                                    max_attempts=self.options.max_attempts)
-                status = repo.get_job(s, job_id=job_id).status
-                finished = claims.finished_sweeps(s, list(sweep_ids))
+                outcome = store_jobs.record_failure(s, job_id=job_id, owner=self.owner, error=error, retry=retry,
+                                                    max_attempts=self.options.max_attempts)
         except JobStateError as exc:
             self.report.lost_lease += 1
             log.warning("dropping the failure of job %s: %s", job_id, exc)
             return
-        if status == JobStatus.PENDING:
+        retried = outcome.status == JobStatus.PENDING
+        if retried:
             self.report.retried += 1
         else:
             self.report.failed += 1
-        log.warning("job %s %s: %s", job_id, "will be retried" if status == JobStatus.PENDING else "failed", error)
+        log.warning("job %s %s: %s", job_id, "will be retried" if retried else "failed", error)
         if self._on_event is not None:
             self._on_event(JobEvent(job_id=job_id, sweep_ids=sweep_ids, step=step, error=error,
-                                    status="retry" if status == JobStatus.PENDING else "failed"))
-        self._sweeps_finished(finished)
+                                    status="retry" if retried else "failed"))
+        self._sweeps_finished(list(outcome.finished_sweeps))
 
     def _sweeps_finished(self, sweep_ids: list[int]) -> None:
         for sid in sweep_ids:
@@ -380,9 +401,9 @@ class Scheduler:
         ids = [f.job_id for f in self._inflight.values()]
         if s is None:
             with session_scope(self._url) as s:
-                held = repo.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
+                held = store_jobs.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
         else:
-            held = repo.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
+            held = store_jobs.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
         if held < len(ids):
             log.warning("%d of %d leases were lost (expired or cancelled)", len(ids) - held, len(ids))
 
@@ -393,8 +414,8 @@ class Scheduler:
         ids = [f.job_id for f in self._inflight.values()]
         if s is None:
             with session_scope(self._url) as s:
-                return claims.statuses(s, ids)
-        return claims.statuses(s, ids)
+                return store_jobs.job_statuses(s, ids)
+        return store_jobs.job_statuses(s, ids)
 
     def _check_cancelled(self, current: dict[int, str] | None = None) -> None:
         """Cancel the Ray tasks of jobs that `llc cancel` (or another scheduler) took away."""
@@ -426,7 +447,7 @@ class Scheduler:
         self._inflight.clear()
         try:
             with session_scope(self._url) as s:
-                repo.release_owner_jobs(s, owner=self.owner)
+                store_jobs.release_owner_jobs(s, owner=self.owner)
         except Exception as exc:  # the store may be the thing that failed
             log.warning("could not hand back this scheduler's jobs (%s); their leases will expire", exc)
         self._followup.drain()

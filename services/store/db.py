@@ -19,7 +19,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.core.settings import endpoints, project_root
+from services.core.paths import project_root
 from services.store.errors import SchemaOutOfDate, StoreUnavailable
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -30,12 +30,10 @@ _sessionmakers: dict[tuple[str, int], sessionmaker[Session]] = {}
 _schema_ok: set[tuple[str, int]] = set()
 
 
-def database_url(url: str | None = None) -> str:
-    """The URL to use: the one given, else `LLC_DATABASE_URL`, else the embedded SQLite file.
-
-    Plain `postgresql://` / `postgres://` URLs get the psycopg (v3) driver installed with us.
-    """
-    raw = url or endpoints().database_url
+def database_url(url: str) -> str:
+    """`url` normalized: plain `postgresql://` / `postgres://` URLs get the psycopg (v3) driver
+    installed with us. Callers resolve which URL (services.core.endpoints) at the edge."""
+    raw = url
     try:
         parsed = make_url(raw)
     except ArgumentError as exc:
@@ -124,8 +122,8 @@ def _make_engine(url: str, *, pool_size: int | None, max_overflow: int | None) -
     return engine
 
 
-def get_engine(url: str | None = None, *, pool_size: int | None = None, max_overflow: int | None = None) -> Engine:
-    """The process's engine for `url` (default: settings); a forked child gets its own.
+def get_engine(url: str, *, pool_size: int | None = None, max_overflow: int | None = None) -> Engine:
+    """The process's engine for `url`; a forked child gets its own.
 
     Pool sizes come from the kwargs, else LLC_DB_POOL_SIZE / LLC_DB_MAX_OVERFLOW; they only
     apply when the engine is first created in this process.
@@ -154,7 +152,7 @@ def dispose_engines() -> None:
         _schema_ok.clear()
 
 
-def _sessionmaker(url: str | None) -> sessionmaker[Session]:
+def _sessionmaker(url: str) -> sessionmaker[Session]:
     engine = get_engine(url)
     key = (database_url(url), os.getpid())
     with _lock:
@@ -166,7 +164,7 @@ def _sessionmaker(url: str | None) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(url: str | None = None) -> Iterator[Session]:
+def session_scope(url: str) -> Iterator[Session]:
     """A session that commits on success and rolls back on error; objects stay readable after."""
     session = _sessionmaker(url)()
     try:
@@ -192,7 +190,8 @@ def alembic_config(url: str | None = None) -> Any:
     ini = project_root() / "alembic.ini"
     cfg = Config(str(ini)) if ini.exists() else Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
-    cfg.attributes["url"] = database_url(url)
+    if url is not None:
+        cfg.attributes["url"] = database_url(url)
     return cfg
 
 
@@ -205,7 +204,7 @@ def head_revision() -> str:
     return heads[0]
 
 
-def current_revision(url: str | None = None) -> str | None:
+def current_revision(url: str) -> str | None:
     """The database's schema revision, None for an empty database."""
     from alembic.runtime.migration import MigrationContext
 
@@ -215,7 +214,7 @@ def current_revision(url: str | None = None) -> str | None:
     return heads[0] if heads else None
 
 
-def check_schema(url: str | None = None) -> None:
+def check_schema(url: str) -> None:
     """Refuse to run against a database whose schema is not at this code's head revision."""
     from alembic.script import ScriptDirectory
 
@@ -243,17 +242,17 @@ def _known(script: Any, revision: str) -> bool:
         return False
 
 
-def upgrade(url: str | None = None, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head") -> None:
     """Migrate the database up to `revision` (Alembic semantics: 'head', an id, '+1')."""
     _run_alembic(url, "upgrade", revision)
 
 
-def downgrade(url: str | None, revision: str) -> None:
+def downgrade(url: str, revision: str) -> None:
     """Migrate the database down to `revision` ('base' drops every llc table)."""
     _run_alembic(url, "downgrade", revision)
 
 
-def _run_alembic(url: str | None, direction: str, revision: str) -> None:
+def _run_alembic(url: str, direction: str, revision: str) -> None:
     from alembic import command
     from alembic.util.exc import CommandError
 
@@ -269,7 +268,7 @@ def _run_alembic(url: str | None, direction: str, revision: str) -> None:
         _schema_ok.discard((resolved, os.getpid()))
 
 
-def ensure_schema(url: str | None = None) -> None:
+def ensure_schema(url: str) -> None:
     """Embedded SQLite: upgrade to head automatically; any other database: only check."""
     resolved = database_url(url)
     if make_url(resolved).get_backend_name() == "sqlite":

@@ -1,11 +1,12 @@
 """The store's user-facing errors: each message is one sentence naming the thing and the fix.
 
-They derive from the CLI's `UserError` so every `llc` command prints them without a
-traceback, whichever subcommand hit them.
+They derive from `services.core.errors.UserError` so every `llc` command (and the API)
+reports them without a traceback, whichever layer hit them.
 """
 from __future__ import annotations
 
-from services.cli import UserError
+from services.core.errors import NotFound as CoreNotFound
+from services.core.errors import UserError
 
 
 class StoreError(UserError):
@@ -24,5 +25,5 @@ class JobStateError(StoreError):
     """A job transition that its current state (or owner) does not allow; nothing was written."""
 
 
-class NotFound(StoreError, LookupError):
+class NotFound(StoreError, CoreNotFound):
     """A sweep, job or other row asked for by id does not exist."""

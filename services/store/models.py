@@ -28,6 +28,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from services.core.status import JobStatus, SubmitterKind, SweepStatus
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -59,36 +61,6 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-
-
-class JobStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    DIVERGED = "diverged"
-
-
-#: Terminal job states; `DONE_STATUSES` are the ones whose result is reused, never recomputed.
-TERMINAL_STATUSES: frozenset[str] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DIVERGED})
-DONE_STATUSES: frozenset[str] = frozenset({JobStatus.SUCCEEDED, JobStatus.DIVERGED})
-ACTIVE_STATUSES: frozenset[str] = frozenset({JobStatus.PENDING, JobStatus.RUNNING})
-
-
-class SweepStatus(StrEnum):
-    SUBMITTED = "submitted"
-    RUNNING = "running"
-    FINISHED = "finished"
-    CANCELLED = "cancelled"
-
-
-ACTIVE_SWEEP_STATUSES: frozenset[str] = frozenset({SweepStatus.SUBMITTED, SweepStatus.RUNNING})
-
-
-class SubmitterKind(StrEnum):
-    PERSON = "person"
-    SCHEDULE = "schedule"
 
 
 def _in(values: frozenset[str] | type[StrEnum]) -> str:
@@ -163,6 +135,7 @@ class Job(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({_in(JobStatus)})", name="status"),
         Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
+        Index("ix_jobs_status_id", "status", "id"),  # claiming oldest pending first, counts by status
         Index("ix_jobs_lease_owner", "lease_owner"),
     )
 
@@ -210,7 +183,8 @@ class Result(Base):
     llc_std: Mapped[float | None] = mapped_column(Float)
     llc_per_chain: Mapped[list[Any] | None]
     baseline_loss: Mapped[float | None] = mapped_column(Float)
-    init_loss: Mapped[float | None] = mapped_column(Float)
+    init_loss: Mapped[float | None] = mapped_column(Float)        # L_m(w*) on a chain's first batch
+    loss_wstar: Mapped[float | None] = mapped_column(Float)       # L_n(w*) on the whole dataset, when reported
     nbeta: Mapped[float | None] = mapped_column(Float)
     n: Mapped[int | None] = mapped_column(BigInteger)
     num_draws: Mapped[int | None] = mapped_column(Integer)

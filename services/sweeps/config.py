@@ -18,8 +18,8 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from services.cli import UserError
-from services.core.settings import project_root
+from services.core.errors import UserError
+from services.core.paths import project_root
 from services.sweeps.schema import LLCConfig, register_configs
 
 
@@ -50,6 +50,8 @@ def load_config(overrides: Sequence[str] = (), *, conf_dir: Path | None = None) 
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(_explain(exc, overrides)) from exc
     assert isinstance(obj, LLCConfig)
+    if not isinstance(obj.sampler.epsilon, list):     # sampler.epsilon=auto (or one number)
+        obj.sampler.epsilon = [obj.sampler.epsilon]
     validate(obj)
     return obj
 
@@ -92,11 +94,20 @@ def validate(cfg: LLCConfig) -> None:
         (_timezone_ok(cfg.schedule.timezone), f"schedule.timezone must be an IANA zone such as UTC, got {cfg.schedule.timezone!r}"),
         (g.baseline in ("paired", "init"), f"sampler.baseline must be paired or init, got {g.baseline!r}"),
         (g.steps_between_draws >= 1, f"sampler.steps_between_draws must be at least 1, got {g.steps_between_draws}"),
+        (g.method in ("sgld", "rmsprop_sgld"), f"sampler.method must be sgld or rmsprop_sgld, got {g.method!r}"),
     ]
+    eps = g.epsilon if isinstance(g.epsilon, list) else [g.epsilon]
+    for v in eps:
+        if v == "auto":
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            checks.append((False, f"sampler.epsilon values must be positive numbers or auto, got {v!r}"))
     for name in ("epsilon", "gamma", "nbeta", "num_chains", "num_draws", "num_burnin", "batch_size"):
         values = getattr(g, name)
         checks.append((len(values) > 0, f"sampler.{name} is an empty list; give at least one value, e.g. sampler.{name}=[...]"))
         for v in values:
+            if name == "epsilon" and (v == "auto" or isinstance(v, bool) or not isinstance(v, (int, float))):
+                continue                              # checked above
             if v is None:
                 checks.append((name == "nbeta", f"sampler.{name} may not contain null"))
                 continue

@@ -7,31 +7,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from services.store.entities import CheckpointLike, PlannedJob
 from services.store.jobkey import job_key
-from services.sweeps.endpoints import under_storage
+from services.core.endpoints import under_storage
 from services.sweeps.schema import LLCConfig, SamplerGrid
 
 GRID_FIELDS: tuple[str, ...] = ("epsilon", "gamma", "nbeta", "num_chains", "num_draws", "num_burnin", "batch_size")
-
-
-class CheckpointLike(Protocol):
-    @property
-    def step(self) -> int: ...
-    @property
-    def uri(self) -> str: ...
-    @property
-    def fingerprint(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class PlannedJob:
-    checkpoint: CheckpointLike
-    key: str
-    hyperparameters: dict[str, Any]
-    seed: int
-    spec: dict[str, Any]          # JSON of workers.job.JobSpec
 
 
 def sampler_points(grid: SamplerGrid) -> list[dict[str, Any]]:
@@ -42,6 +25,8 @@ def sampler_points(grid: SamplerGrid) -> list[dict[str, Any]]:
         point = dict(zip(GRID_FIELDS, values, strict=True))
         point["steps_between_draws"] = grid.steps_between_draws
         point["baseline"] = grid.baseline
+        if grid.method != "sgld":                 # only when set: keeps plain-SGLD settings' keys as they were
+            point["method"] = grid.method
         points.append(point)
     return points
 

@@ -6,7 +6,7 @@ so a mistake is caught before anything is written to the store.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -41,7 +41,9 @@ class ClusterConfig:
 class SamplerGrid:
     """Lists of values; the sweep runs their cartesian product."""
 
-    epsilon: List[float] = field(default_factory=lambda: [1e-3])
+    # step sizes, or "auto" (alone or in the list): the estimator calibrates it per job, and
+    # the scheduler carries a pick along the sweep (docs/estimator.md). Any: floats or "auto".
+    epsilon: Any = field(default_factory=lambda: [1e-3])
     gamma: List[float] = field(default_factory=lambda: [100.0])
     nbeta: List[Optional[float]] = field(default_factory=lambda: [None])   # None → n / log n
     num_chains: List[int] = field(default_factory=lambda: [4])
@@ -50,6 +52,7 @@ class SamplerGrid:
     batch_size: List[int] = field(default_factory=lambda: [32])
     steps_between_draws: int = 1
     baseline: str = "paired"
+    method: str = "sgld"                 # sgld | rmsprop_sgld (preconditioned)
 
 
 @dataclass

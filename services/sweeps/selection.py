@@ -7,7 +7,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from services.cli import UserError
+from services.core.errors import UserError
 from services.sweeps.schema import AdaptiveDensity, CheckpointSelection
 
 

@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.cli import UserError
-from services.store import repository as repo
+from services.core.errors import UserError
+from services.store import jobs as store_jobs
+from services.store import sweeps as store_sweeps
 from services.store.db import ensure_schema, session_scope
 from services.sweeps.config import to_dict
-from services.sweeps.endpoints import ConfigEndpoints, resolve_endpoints, under_storage
-from services.sweeps.expand import PlannedJob, expand_sweep
+from services.core.endpoints import Endpoints, resolve_endpoints
+from services.store.entities import PlannedJob
+from services.sweeps.expand import expand_sweep
 from services.sweeps.schema import LLCConfig
 from services.sweeps.selection import describe, select_checkpoints
 
@@ -27,7 +29,7 @@ class SubmitError(UserError):
 @dataclass(frozen=True)
 class SweepPlan:
     run_uri: str
-    endpoints: ConfigEndpoints
+    endpoints: Endpoints
     config: dict
     checkpoints: list
     jobs: list[PlannedJob]
@@ -57,7 +59,7 @@ def plan_sweep(cfg: LLCConfig) -> SweepPlan:
     from workers.llc import ESTIMATOR_VERSION
 
     ends = resolve_endpoints(cfg)
-    run_uri = under_storage(cfg.sweep.run, ends.storage_uri)
+    run_uri = ends.under_storage(cfg.sweep.run)
     skipped: list[str] = []
     try:
         refs = discover_checkpoints(run_uri, on_skip=skipped.append)
@@ -81,23 +83,20 @@ def submit_plan(plan: SweepPlan, *, name: str, submitted_by: str | None, databas
     ensure_schema(database_url)
     who = submitted_by or _user()
     with session_scope(database_url) as s:
-        run = repo.upsert_training_run(s, uri=plan.run_uri)
-        sweep = repo.create_sweep(s, name=name, config=plan.config, submitted_by=who, training_run=run)
-        outcome = link_jobs(s, sweep=sweep, run=run, checkpoints=plan.checkpoints, jobs=plan.jobs)
+        run_id = store_sweeps.upsert_training_run(s, uri=plan.run_uri)
+        sweep = store_sweeps.create_sweep(s, name=name, config=plan.config, submitted_by=who, training_run_id=run_id)
+        outcome = link_jobs(s, sweep_id=sweep.id, run_id=run_id, checkpoints=plan.checkpoints, jobs=plan.jobs)
         sweep_id = sweep.id
     return SubmitOutcome(sweep_id=sweep_id, name=name, run_uri=plan.run_uri, checkpoints=len(plan.checkpoints),
                          jobs=len(plan.jobs), new=outcome.new, already_done=outcome.already_done,
                          already_queued=outcome.already_queued, skipped=tuple(plan.skipped))
 
 
-def link_jobs(s: Any, *, sweep: Any, run: Any, checkpoints: Sequence[Any], jobs: Sequence[PlannedJob]
-              ) -> repo.AddJobsOutcome:
-    """Store the checkpoints and link the planned jobs to `sweep` (finished keys reused)."""
-    rows = {ref.uri: repo.upsert_checkpoint(s, training_run=run, step=ref.step, uri=ref.uri, fingerprint=ref.fingerprint)
-            for ref in checkpoints}
-    return repo.add_jobs(s, sweep=sweep, jobs=[
-        repo.NewJob(checkpoint=rows[j.checkpoint.uri], key=j.key, hyperparameters=j.hyperparameters, seed=j.seed,
-                    spec=j.spec) for j in jobs])
+def link_jobs(s: Any, *, sweep_id: int, run_id: int, checkpoints: Sequence[Any], jobs: Sequence[PlannedJob]
+              ) -> Any:
+    """Store the checkpoints and link the planned jobs to the sweep (finished keys reused)."""
+    store_sweeps.upsert_checkpoints(s, training_run_id=run_id, checkpoints=checkpoints)
+    return store_jobs.add_jobs(s, sweep_id=sweep_id, jobs=jobs)
 
 
 def _user() -> str:

@@ -9,22 +9,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-STATES = ("pending", "running", "succeeded", "diverged", "failed", "cancelled")
-_HYPER_SHORT = {"epsilon": "ε", "nbeta": "nβ", "gamma": "γ", "num_chains": "chains", "num_draws": "draws",
-                "num_burnin": "burnin", "batch_size": "batch"}
+from services.core.labels import setting_label, varying_keys
+from services.core.status import ACTIVE_STATUSES, DONE_STATUSES, JOB_STATES, JobStatus
 
-
-def setting_label(hyper: dict[str, Any], varying: set[str]) -> str:
-    keys = [k for k in _HYPER_SHORT if k in varying] or ["epsilon"]
-    return " ".join(f"{_HYPER_SHORT[k]}={_fmt(hyper.get(k))}" for k in keys)
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "auto"
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
+STATES: tuple[str, ...] = tuple(str(s) for s in JOB_STATES)
 
 
 def sweeps_table(sweeps: list[Any], counts: dict[int, dict[str, int]]) -> Table:
@@ -45,12 +33,12 @@ def sweep_detail(sweep: Any, counts: dict[str, int], rows: list[Any], *, max_set
     head.add_row(*[str(counts.get(s, 0)) for s in STATES])
     parts: list[Any] = [head]
 
-    varying = {k for k in _HYPER_SHORT if len({repr(r.hyperparameters.get(k)) for r in rows}) > 1}
-    done = [r for r in rows if r.status in ("succeeded", "diverged")]
+    shown = varying_keys([r.hyperparameters for r in rows])
+    done = [r for r in rows if r.status in DONE_STATUSES]
     if done:
         by_setting: dict[str, dict[int, list[Any]]] = defaultdict(lambda: defaultdict(list))
         for r in done:
-            by_setting[setting_label(r.hyperparameters, varying)][r.step].append(r)
+            by_setting[setting_label(r.hyperparameters, shown)][r.step].append(r)
         settings = sorted(by_setting)[:max_settings]
         llc = Table(title="λ̂ so far", caption="mean ± std over chains; * diverged")
         llc.add_column("step", justify="right")
@@ -63,11 +51,11 @@ def sweep_detail(sweep: Any, counts: dict[str, int], rows: list[Any], *, max_set
                 cells.append(", ".join(_cell(r) for r in found) or "·")
             llc.add_row(str(step), *cells)
         parts.append(llc)
-    stuck = sorted({r.error for r in rows if r.status in ("pending", "running") and r.error})
+    stuck = sorted({r.error for r in rows if r.status in ACTIVE_STATUSES and r.error})
     if stuck:
         # A scheduler's note on jobs no node can run (services/scheduler/feasibility.py), or a requeue reason.
         parts.append(Group(*[Text(f"waiting: {note}", style="yellow") for note in stuck]))
-    failures = [r for r in rows if r.status == "failed"]
+    failures = [r for r in rows if r.status == JobStatus.FAILED]
     if failures:
         fail = Table(title=f"failures ({len(failures)})")
         fail.add_column("job", justify="right")
@@ -83,7 +71,7 @@ def _cell(r: Any) -> str:
     if r.llc_mean is None:
         return "nan*" if r.diverged else "?"
     text = f"{r.llc_mean:.3g}" + (f"±{r.llc_std:.2g}" if r.llc_std is not None else "")
-    return text + ("*" if r.status == "diverged" else "")
+    return text + ("*" if r.status == JobStatus.DIVERGED else "")
 
 
 def progress_bars() -> Progress:

@@ -4,17 +4,21 @@
     lambda_hat_chain = nbeta * mean over draws (after burn-in) of (L_m(w_t) - baseline)
 
 Chains run as one vmapped computation when possible, else one after another; chain c's
-minibatches and noise come from its own seeded generators, so both paths draw the same
-randomness. Imports torch and numpy only.
+minibatches (drawn with replacement) and noise come from its own seeded generators, so both
+paths draw the same randomness, and both are held to the plain reference loop (reference.py).
+epsilon="auto" picks the step size by a short pilot (calibration.py). Imports torch and numpy only.
 """
 from __future__ import annotations
 
 from .config import SGLDConfig
-from .diagnostics import ess, split_r_hat
+from .diagnostics import ess, ess_bulk, ess_tail, rank_r_hat, split_r_hat
 from .estimator import estimate_llc
 from .result import LLCResult
 
 # Part of job keys: bump when a change can alter results for the same inputs.
-ESTIMATOR_VERSION = "1.1.0"   # 1.1: paired baselines from the per-item table (float rounding)
+# 2.0: batches with replacement (removes an upward bias), rank-normalized diagnostics,
+#      float64 losses kept, epsilon="auto", rmsprop_sgld.  1.1: paired baselines from the per-item table.
+ESTIMATOR_VERSION = "2.0.0"
 
-__all__ = ["ESTIMATOR_VERSION", "LLCResult", "SGLDConfig", "estimate_llc", "ess", "split_r_hat"]
+__all__ = ["ESTIMATOR_VERSION", "LLCResult", "SGLDConfig", "estimate_llc", "ess", "ess_bulk", "ess_tail",
+           "rank_r_hat", "split_r_hat"]

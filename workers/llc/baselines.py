@@ -43,8 +43,6 @@ def item_loss_table(*, vec_stepper: Any, seq_stepper: Any, source: BatchSource, 
     if n + checks * cfg.batch_size >= direct_batches * cfg.batch_size:
         return None, (f"direct: the dataset ({n} items) is not smaller than the draws' batches "
                       f"({direct_batches * cfg.batch_size} items)")
-    if cfg.bf16_autocast:
-        return None, "direct: bf16 autocast rounds per-item and batch losses differently"
     if vec_stepper is None:
         return None, "direct: per-item losses need a vmappable loss_fn"
     try:

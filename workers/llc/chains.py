@@ -1,6 +1,7 @@
-"""The SGLD loop shared by both paths: one group of chains advancing in lockstep.
+"""The fast SGLD loop shared by both paths: one group of chains advancing in lockstep.
 
-w <- w - (eps/2) (nbeta grad L_m(w) + gamma (w - w*)) + N(0, eps I). Chain c's batches
+The update itself is sgld.SGLDStep (the same one the plain reference loop in reference.py
+uses; tests hold this loop to it on the same seed). Chain c's batches
 and noise come from its own generators, so a chain's trajectory does not depend on which
 other chains share its group. A chain whose loss turns non-finite or blows up is
 dropped from the group at the next divergence check (every _CHECK_EVERY steps; one host
@@ -20,6 +21,7 @@ from torch.utils._pytree import tree_map
 
 from .config import SGLDConfig
 from .data import BatchSource, IndexStream
+from .sgld import SGLDStep
 
 Progress = Callable[[int], None]
 
@@ -55,7 +57,7 @@ _CHECK_EVERY = 16
 
 
 def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: list[IndexStream],
-              noise_gens: list[torch.Generator], flat0: torch.Tensor, cfg: SGLDConfig, nbeta: float,
+              noise_gens: list[torch.Generator], flat0: torch.Tensor, cfg: SGLDConfig, step: SGLDStep,
               paired: Any | None, records: ChainRecords, progress: Progress) -> None:
     """Run cfg.num_steps SGLD steps for `chains` (all in one stepper call per step).
 
@@ -64,8 +66,7 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
     computed from the recorded batch indices, many batches per call, by `paired` (the
     stepper itself or an ItemLossTable; None: a constant baseline).
     """
-    eps, gamma = cfg.epsilon, cfg.gamma
-    sqrt_eps = math.sqrt(eps)
+    eps, gamma, nbeta = step.epsilon, step.gamma, step.nbeta
     dev = flat0.device
     group = len(chains)
     total = cfg.num_steps
@@ -74,7 +75,10 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
     rows = list(range(group))                      # group rows still stepping
     rows_t: torch.Tensor | None = None             # the same as a device tensor (None: all rows)
     flat = flat0.unsqueeze(0).repeat(group, 1)
-    trace = torch.full((group, total), float("nan"), device=dev, dtype=torch.float32)
+    # float64 models keep float64 losses; everything else records float32.
+    trace = torch.full((group, total), float("nan"), device=dev,
+                       dtype=torch.float64 if flat0.dtype == torch.float64 else torch.float32)
+    precond_state: dict[str, torch.Tensor] = {}
     first_bad = np.full(group, total, dtype=np.int64)   # first divergent step per row (total: none)
     mala_acc = torch.full((group, cfg.num_draws), float("nan"), device=dev, dtype=torch.float64) if cfg.mala else None
     baselines = _PairedBaselines(paired, source, chains, chunk=16 * group) if paired is not None else None
@@ -127,6 +131,7 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
                 rows = [rows[i] for i in keep]
                 rows_t = torch.as_tensor(rows, device=dev)
                 gens = [gens[i] for i in keep]
+                step.select(precond_state, keep_t)
                 strs = [strs[i] for i in keep]
                 if stepper.path == "vectorized":       # (G, B, ...) -> the kept chains' batches
                     batch = tree_map(lambda v: v[keep_t] if isinstance(v, torch.Tensor) else v, batch)
@@ -139,12 +144,10 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
             noise = torch.empty_like(flat)
             for row, g in zip(noise, gens, strict=True):
                 torch.randn(row.shape, generator=g, device=dev, dtype=flat.dtype, out=row)
-            offset = flat - flat0
-            drift = grad.to(flat.dtype).mul_(nbeta).add_(offset, alpha=gamma)
             want_mala = mala_acc is not None and is_draw
             if want_mala:
-                u_old = nbeta * loss.double() + 0.5 * gamma * offset.double().pow(2).sum(dim=1)
-            flat.add_(drift, alpha=-0.5 * eps).add_(noise, alpha=sqrt_eps)
+                u_old = nbeta * loss.double() + 0.5 * gamma * (flat - flat0).double().pow(2).sum(dim=1)
+            drift = step.apply(flat, flat0, grad, noise, precond_state)
         if want_mala:
             acc = _mala(stepper, batch, flat, flat0, drift, noise, u_old, nbeta=nbeta, eps=eps, gamma=gamma)
             if rows_t is None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .sgld import METHODS
+
 BASELINES = ("paired", "full")
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -24,10 +27,14 @@ class SGLDConfig:
     later processes); falls back to eager when the model cannot be compiled. None: compile
     CPU jobs with at least 1 TFLOP of SGLD steps (estimator._AUTO_COMPILE_FLOPS), never on GPU.
     mala: also estimate the Metropolis (MALA) acceptance rate of the SGLD proposals
-    (one extra forward+backward per draw).
+    (one extra forward+backward per draw; plain SGLD only).
+    epsilon: a step size, or "auto": a short pilot picks it (calibration.py; the record is in
+    LLCResult.calibration). epsilon_hint: with "auto", a step picked earlier (e.g. on another
+    checkpoint of the same sweep) that is tried first and kept when its traces still pass.
+    method: "sgld" or "rmsprop_sgld" (diagonal RMSProp preconditioning, see sgld.py).
     """
 
-    epsilon: float = 1e-4
+    epsilon: float | str = 1e-4
     gamma: float = 100.0
     nbeta: float | None = None
     num_chains: int = 4
@@ -39,17 +46,28 @@ class SGLDConfig:
     baseline: str | int = "paired"
     sample_params: tuple[str, ...] | None = None
     vectorize: bool | None = None
-    bf16_autocast: bool = False
     divergence_ratio: float = 100.0
     mala: bool = False
     compile: bool | None = None
+    method: str = "sgld"
+    rmsprop_alpha: float = 0.99
+    epsilon_hint: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.sample_params, str):
             object.__setattr__(self, "sample_params", (self.sample_params,))
         elif self.sample_params is not None:
             object.__setattr__(self, "sample_params", tuple(self.sample_params))
-        _positive_float("epsilon", self.epsilon, "the SGLD step size must be > 0, e.g. 1e-4")
+        if self.epsilon != AUTO:
+            _positive_float("epsilon", self.epsilon, "the SGLD step size must be > 0 (e.g. 1e-4) or 'auto'")
+        if self.epsilon_hint is not None:
+            _positive_float("epsilon_hint", self.epsilon_hint, "use a step size > 0 picked by an earlier calibration, or None")
+        if self.method not in METHODS:
+            raise ValueError(f"SGLDConfig.method={self.method!r} is invalid: use one of {', '.join(METHODS)}.")
+        if not (isinstance(self.rmsprop_alpha, (int, float)) and 0 < self.rmsprop_alpha < 1):
+            raise ValueError(f"SGLDConfig.rmsprop_alpha={self.rmsprop_alpha!r} is invalid: the RMSProp decay must lie in (0, 1), e.g. 0.99.")
+        if self.mala and self.method != "sgld":
+            raise ValueError("SGLDConfig.mala=True needs method='sgld': the MALA acceptance is defined for the plain SGLD proposal only.")
         if not (math.isfinite(self.gamma) and self.gamma >= 0):
             raise ValueError(f"SGLDConfig.gamma={self.gamma!r} is invalid: the localization strength must be a finite number >= 0.")
         if self.nbeta is not None:

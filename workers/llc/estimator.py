@@ -11,6 +11,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -19,11 +20,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from .baselines import constant_baseline, item_loss_table
+from .calibration import Calibration, PilotStats, calibrate, carried
 from .chains import ChainRecords, run_group
-from .config import SGLDConfig
+from .config import AUTO, SGLDConfig
 from .data import BatchSource, IndexStream, chain_generator
-from .diagnostics import ess, split_r_hat
+from .diagnostics import drift_z, ess_bulk, ess_tail, r_hat_bulk, r_hat_tail
 from .result import LLCResult
+from .sgld import SGLDStep
 from .steppers import LossFn, LossModule, ParamLayout, SequentialStepper, VectorizedStepper
 
 # Fraction of free memory the stacked chain state may take before chains run one by one.
@@ -143,11 +146,12 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     probe = source.gather(torch.arange(cfg.batch_size))
     native = all(t is not None and v.data_ptr() == t.data_ptr() for k, v in star.items()
                  for t in [dict(module.named_parameters(remove_duplicate=False)).get(k, dict(module.named_buffers()).get(k))])
-    common = dict(module=module, layout=layout, frozen=frozen, star=star, device=dev, bf16=cfg.bf16_autocast,
+    common = dict(module=module, layout=layout, frozen=frozen, star=star, device=dev,
                   star_is_native=native, compile=False)
     seq = SequentialStepper(**common)
     with torch.no_grad():
-        probe_loss = _check_loss(seq._call(layout.split(flat0), probe), "on the first batch").float()
+        probe_loss = _check_loss(seq._call(layout.split(flat0), probe), "on the first batch")
+        _refuse_sum_loss(seq, source, layout.split(flat0), probe_loss, cfg.batch_size)
     # FLOPs per chain-step steer two CPU choices: sequential vs vmapped chains, and auto-compile.
     wants_flops = dev.type == "cpu" and (cfg.compile is None or (cfg.vectorize is None and cfg.num_chains > 1))
     flops = _step_flops(seq, source, flat0, cfg.batch_size) if wants_flops else None
@@ -166,33 +170,121 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
                                                  cfg=cfg, probe_loss=probe_loss)
         paired = table if table is not None else stepper
 
-    total = cfg.num_chains * total_steps
+    def sample(run_cfg: SGLDConfig, report: Callable[[int], None] | None) -> tuple[ChainRecords, float]:
+        """Run run_cfg's chains at its (numeric) epsilon; the records and the sampling seconds."""
+        step = SGLDStep(epsilon=float(run_cfg.epsilon), gamma=run_cfg.gamma, nbeta=nbeta, method=run_cfg.method,
+                        rmsprop_alpha=run_cfg.rmsprop_alpha)
+        records = ChainRecords(run_cfg.num_chains, run_cfg.num_draws)
+        streams = [IndexStream(n, run_cfg.batch_size, chain_generator(run_cfg.seed, c, 0)) for c in range(run_cfg.num_chains)]
+        noise = [chain_generator(run_cfg.seed, c, 1, dev) for c in range(run_cfg.num_chains)]
+        t0 = time.perf_counter()
+        groups = [list(range(run_cfg.num_chains))] if stepper.path == "vectorized" else [[c] for c in range(run_cfg.num_chains)]
+        for g in groups:
+            run_group(stepper=stepper, source=source, chains=g, streams=[streams[c] for c in g],
+                      noise_gens=[noise[c] for c in g], flat0=flat0, cfg=run_cfg, step=step, paired=paired,
+                      records=records, progress=report or (lambda k: None))
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return records, time.perf_counter() - t0
+
+    def summarize(records: ChainRecords, run_cfg: SGLDConfig, sampling_s: float) -> LLCResult:
+        return _summarize(records, cfg=run_cfg, nbeta=nbeta, n=n, baseline_const=baseline_const, path=stepper.path,
+                          fallback_reason=fallback_reason, sampling_s=sampling_s,
+                          wall_s=time.perf_counter() - started, num_sampled=layout.numel, device=str(dev),
+                          stepper=stepper, baseline_method=baseline_method, compile_note=compile_note,
+                          loss_wstar=_loss_wstar(cfg, paired, baseline_const))
+
+    calibration: Calibration | None = None
+    run_cfg = cfg
+    if cfg.epsilon == AUTO:
+        scale = _precondition_scale(cfg, seq, probe, flat0)
+        pilot_cfg = replace(cfg, num_draws=max(100, cfg.num_draws // 4), epsilon=1.0, epsilon_hint=None)
+
+        def pilot(eps: float) -> PilotStats:
+            return _pilot_stats(summarize(*sample(replace(pilot_cfg, epsilon=eps), None), pilot_cfg))
+
+        if cfg.epsilon_hint is not None:
+            hinted = replace(cfg, epsilon=float(cfg.epsilon_hint))
+            res = summarize(*sample(hinted, _progress(progress, cfg)), hinted)
+            calibration = carried(_pilot_stats(res), nbeta=nbeta, scale=scale)
+            if calibration is not None:
+                return _with_calibration(res, calibration)
+        calibration = calibrate(pilot, nbeta=nbeta, scale=scale)
+        run_cfg = replace(cfg, epsilon=calibration.epsilon)
+    records, sampling_s = sample(run_cfg, _progress(progress, cfg))
+    if progress is not None:
+        progress(cfg.num_chains * total_steps, cfg.num_chains * total_steps)
+    res = summarize(records, run_cfg, sampling_s)
+    return _with_calibration(res, calibration) if calibration is not None else res
+
+
+def _progress(progress: Callable[[int, int], None] | None, cfg: SGLDConfig) -> Callable[[int], None] | None:
+    """Chain-step ticks -> progress(done, total) for one run of cfg's size."""
+    if progress is None:
+        return None
+    total = cfg.num_chains * cfg.num_steps
     done = 0
 
     def tick(k: int) -> None:
         nonlocal done
-        done += k
-        if progress is not None:
-            progress(done, total)
+        done = min(total, done + k)
+        progress(done, total)
 
-    records = ChainRecords(cfg.num_chains, cfg.num_draws)
-    streams = [IndexStream(n, cfg.batch_size, chain_generator(cfg.seed, c, 0)) for c in range(cfg.num_chains)]
-    noise = [chain_generator(cfg.seed, c, 1, dev) for c in range(cfg.num_chains)]
-    t0 = time.perf_counter()
-    groups = [list(range(cfg.num_chains))] if stepper.path == "vectorized" else [[c] for c in range(cfg.num_chains)]
-    for g in groups:
-        run_group(stepper=stepper, source=source, chains=g, streams=[streams[c] for c in g],
-                  noise_gens=[noise[c] for c in g], flat0=flat0, cfg=cfg, nbeta=nbeta, paired=paired,
-                  records=records, progress=tick)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    sampling_s = time.perf_counter() - t0
-    if progress is not None and done < total:
-        progress(total, total)
-    return _summarize(records, cfg=cfg, nbeta=nbeta, n=n, baseline_const=baseline_const, path=stepper.path,
-                      fallback_reason=fallback_reason, sampling_s=sampling_s,
-                      wall_s=time.perf_counter() - started, num_sampled=layout.numel, device=str(dev),
-                      stepper=stepper, baseline_method=baseline_method, compile_note=compile_note)
+    return tick
+
+
+def _refuse_sum_loss(seq: SequentialStepper, source: BatchSource, params: dict[str, torch.Tensor],
+                     probe_loss: torch.Tensor, batch_size: int) -> None:
+    """A loss over B items that equals the sum of its halves' losses is a sum, not a mean: refuse it.
+
+    lambda_hat = nbeta (L(w) - L(w*)) assumes the mean loss per item; a summed loss scales it
+    by the batch size (lambda_hat = 12,727 where ~9 is right in the audit)."""
+    if batch_size < 2:
+        return
+    half = batch_size // 2
+    a = float(seq._call(params, source.gather(torch.arange(half))))
+    b = float(seq._call(params, source.gather(torch.arange(half, 2 * half))))
+    whole = float(seq._call(params, source.gather(torch.arange(2 * half)))) if 2 * half != batch_size else float(probe_loss)
+    as_sum, as_mean = abs(whole - (a + b)), abs(whole - (a + b) / 2)
+    if as_sum < 0.1 * as_mean:
+        raise ValueError(f"loss_fn returns a sum over the batch (the loss of {2 * half} items, {whole:.6g}, equals "
+                         f"the sum of its halves' losses, {a + b:.6g}), but lambda_hat needs the mean loss per item: "
+                         "divide by the number of items (e.g. reduction='mean').")
+
+
+def _precondition_scale(cfg: SGLDConfig, seq: SequentialStepper, probe: Any, flat0: torch.Tensor) -> float:
+    """s in the calibration grid: 1 for SGLD; for rmsprop_sgld the median preconditioner at w*."""
+    if cfg.method == "sgld":
+        return 1.0
+    _, grad = seq.loss_and_grad(flat0.unsqueeze(0), probe)
+    precond = 1.0 / (grad.double().abs() + 1e-8)
+    return float(precond.median())
+
+
+def _pilot_stats(res: LLCResult) -> PilotStats:
+    d = res.diagnostics
+    ok = [v for v in res.llc_per_chain if math.isfinite(v)]
+    se = float(np.std(ok, ddof=1) / math.sqrt(len(ok))) if len(ok) >= 2 else float("inf")
+    return PilotStats(epsilon=float(res.diagnostics["epsilon"]), llc_mean=float(res.llc_mean), llc_se=se,
+                      r_hat=float(d["r_hat"]), drift_z=float(d["drift_z"]), chains_dropped=int(d["chains_dropped"]),
+                      chain_steps=int(d["chain_steps"]))
+
+
+def _with_calibration(res: LLCResult, calibration: Calibration) -> LLCResult:
+    res.calibration = calibration.to_dict()
+    res.diagnostics["epsilon_carried"] = calibration.carried
+    res.diagnostics["calibration_chain_steps"] = calibration.pilot_chain_steps
+    res.notes["epsilon"] = f"auto: {calibration.epsilon:.3g} ({calibration.reason})"
+    return res
+
+
+def _loss_wstar(cfg: SGLDConfig, paired: Any, baseline_const: float | None) -> tuple[float, str]:
+    """L_n(w*) when known exactly (item table, full baseline), with where it came from."""
+    if paired is not None and hasattr(paired, "losses"):
+        return float(paired.losses.mean()), "exact: mean of the per-item losses at w*"
+    if cfg.baseline == "full" and baseline_const is not None:
+        return float(baseline_const), "exact: the full-data baseline"
+    return float("nan"), "estimate: mean of the draws' minibatch losses at w*"
 
 
 def _want_compile(cfg: SGLDConfig, dev: torch.device, flops: float | None) -> tuple[bool, str | None]:
@@ -224,7 +316,7 @@ def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStep
         # agree with the plain forward, else chains run one by one.
         probe = source.gather(torch.arange(cfg.batch_size).expand(cfg.num_chains, -1))
         loss, grad = vec.loss_and_grad(flat0.unsqueeze(0).repeat(cfg.num_chains, 1), probe)
-        tol = 2e-2 if cfg.bf16_autocast else 1e-4
+        tol = 1e-4
         if not torch.allclose(loss, probe_loss.expand_as(loss), rtol=tol, atol=tol):
             raise RuntimeError(f"vmapped loss {loss.tolist()} disagrees with the plain loss {probe_loss.item()}")
         if cfg.baseline == "paired":
@@ -258,7 +350,8 @@ def _step_flops(seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor
 
 def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, baseline_const: float | None,
                path: str, fallback_reason: str | None, sampling_s: float, wall_s: float, num_sampled: int,
-               device: str, stepper: Any, baseline_method: str, compile_note: str | None) -> LLCResult:
+               device: str, stepper: Any, baseline_method: str, compile_note: str | None,
+               loss_wstar: tuple[float, str]) -> LLCResult:
     base = rec.baseline if baseline_const is None else np.full_like(rec.loss, baseline_const)
     ok = ~rec.diverged
     per_chain = np.full(cfg.num_chains, np.nan)
@@ -270,13 +363,24 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
     good_loss = rec.loss[ok]
     good_base = base[ok]
     mala = [a for c in np.flatnonzero(ok) for a in rec.mala_accept[c]]
+    # On L_m(w_t) - baseline_t: the quantity averaged into lambda_hat (for a constant baseline
+    # this equals the loss trace's diagnostics; for "paired" it drops batch noise).
+    delta = good_loss - good_base
+    dropped = int(rec.diverged.sum())
     diagnostics: dict[str, Any] = {
-        # On L_m(w_t) - baseline_t: the quantity averaged into lambda_hat (for a constant
-        # baseline this equals the loss trace's R-hat/ESS; for "paired" it drops batch noise).
-        "r_hat": split_r_hat(good_loss - good_base) if good_loss.shape[0] >= 1 else float("nan"),
-        "ess": ess(good_loss - good_base) if good_loss.shape[0] >= 1 else float("nan"),
-        "diverged": bool(rec.diverged.any()),
-        "num_diverged": int(rec.diverged.sum()),
+        "r_hat": max(r_hat_bulk(delta), r_hat_tail(delta)),
+        "r_hat_bulk": r_hat_bulk(delta),
+        "r_hat_tail": r_hat_tail(delta),
+        "ess": ess_bulk(delta),
+        "ess_bulk": ess_bulk(delta),
+        "ess_tail": ess_tail(delta),
+        "drift_z": drift_z(delta),
+        "diverged": dropped > 0,
+        "num_diverged": dropped,
+        "chains_dropped": dropped,
+        "partially_diverged": 0 < dropped < cfg.num_chains,
+        "epsilon": float(cfg.epsilon),
+        "chain_steps": int(rec.chain_steps),
         "frac_draws_below_init": float((good_loss < good_base).mean()) if good_loss.size else float("nan"),
         "mala_acceptance": float(np.mean(mala)) if mala else None,
         "steps_per_second": rec.chain_steps / sampling_s if sampling_s > 0 else float("nan"),
@@ -289,16 +393,23 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
         "baseline_item_table": baseline_method == "item_table",
     }
     notes = {"baseline": baseline_method}
+    if 0 < dropped < cfg.num_chains:
+        notes["divergence"] = (f"{dropped} of {cfg.num_chains} chains diverged and were dropped: llc_mean is over "
+                               "the survivors, which may be biased by that selection")
     if stepper.compile_error:
         notes["compile"] = stepper.compile_error
     elif compile_note and stepper.compiled:
         notes["compile"] = compile_note
     baseline_loss = float(np.nanmean(good_base)) if baseline_const is None and good_base.size else (
         baseline_const if baseline_const is not None else float("nan"))
+    wstar, wstar_note = loss_wstar
+    if not math.isfinite(wstar):
+        wstar = baseline_loss
+    notes["loss_wstar"] = wstar_note
     return LLCResult(
         llc_mean=llc_mean, llc_std=llc_std, llc_per_chain=per_chain.tolist(),
         init_loss=float(np.nanmean(rec.init_loss)), baseline_loss=float(baseline_loss), nbeta=nbeta, n=n,
         loss_trace=rec.loss, baseline_trace=base, diverged=bool(rec.diverged.any()),
         chain_diverged=rec.diverged.tolist(), diagnostics=diagnostics, path=path,
-        fallback_reason=fallback_reason, device=device, notes=notes,
+        fallback_reason=fallback_reason, device=device, notes=notes, loss_wstar=float(wstar),
     )

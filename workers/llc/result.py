@@ -29,3 +29,5 @@ class LLCResult:
     fallback_reason: str | None = None  # why the vectorized path was not used, if it was wanted
     device: str = "cpu"
     notes: dict[str, str] = field(default_factory=dict)  # how it ran, in words: "baseline", "compile" (why eager)
+    loss_wstar: float = float("nan")   # L_n(w*) (exact when notes["loss_wstar"] says so, else the mean paired baseline)
+    calibration: dict[str, Any] | None = None   # epsilon="auto": the grid, per-step lambda_hat, the pick and why

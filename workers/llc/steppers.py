@@ -13,7 +13,6 @@ runs ×1.4 faster on CPU); a model torch.compile cannot handle runs eagerly inst
 """
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 from collections.abc import Callable
@@ -23,9 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+# torch.utils._pytree: the pytree helpers torch.func itself uses; torch 2.13 has no public alias.
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
-try:  # torch.func.vmap's own building blocks, minus its per-call pytree handling of in/out dims
+# Private API, on purpose: torch.func.vmap re-derives in_dims/out_dims pytrees and wraps the
+# function on every call, which cost ~30% of a step on small models (benchmarks/README.md);
+# calling vmap's own building blocks skips that. Guarded: if a torch version lacks any of them,
+# _LEAN_VMAP is False and the public torch.func.vmap runs instead (same results, tested).
+try:
     from torch._functorch import vmap as _functorch_vmap
 
     _LEAN_VMAP = all(hasattr(_functorch_vmap, name) for name in (
@@ -72,22 +76,20 @@ class ParamLayout:
         return out
 
 
-def autocast_ctx(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+def trace_dtype(loss: torch.Tensor) -> torch.Tensor:
+    """Losses as recorded: float64 stays float64, everything else becomes float32."""
+    return loss if loss.dtype == torch.float64 else loss.float()
 
 
 class _Stepper:
     def __init__(self, *, module: LossModule, layout: ParamLayout, frozen: dict[str, torch.Tensor],
-                 star: dict[str, torch.Tensor], device: torch.device, bf16: bool, star_is_native: bool,
+                 star: dict[str, torch.Tensor], device: torch.device, star_is_native: bool,
                  compile: bool = False) -> None:
         self.module = module
         self.layout = layout
         self.frozen = frozen
         self.star = star
         self.device = device
-        self.bf16 = bf16
         # When the model's own tensors are w* on this device, the baseline skips functional_call.
         self.star_is_native = star_is_native
 
@@ -170,12 +172,11 @@ class _Stepper:
         return out
 
     def _call(self, params: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
-        with autocast_ctx(self.device, self.bf16):
-            return functional_call(self.module, {**self._untie(params), **self._frozen_full}, (batch,),
-                                   tie_weights=False)
+        return functional_call(self.module, {**self._untie(params), **self._frozen_full}, (batch,),
+                               tie_weights=False)
 
     def _call_star(self, batch: Any) -> torch.Tensor:
-        with torch.no_grad(), autocast_ctx(self.device, self.bf16):
+        with torch.no_grad():
             if self.star_is_native:
                 return self.module(batch)
             return functional_call(self.module, self._star_full, (batch,), tie_weights=False)
@@ -231,13 +232,13 @@ class VectorizedStepper(_Stepper):
             losses = self._loss(x, batch)
             if losses.shape != (flat.shape[0],):
                 raise RuntimeError(f"vmapped loss has shape {tuple(losses.shape)}, expected ({flat.shape[0]},)")
-            (grad,) = torch.autograd.grad(losses.float().sum(), x)
-        return losses.detach().float(), grad
+            (grad,) = torch.autograd.grad(trace_dtype(losses).sum(), x)
+        return trace_dtype(losses.detach()), grad
 
     def star_losses(self, source: Any, idx: torch.Tensor, *, chunk: int) -> torch.Tensor:
         """L_m(w*) on each row of idx (K, B): one vmapped no-grad forward per `chunk` batches."""
         star = vmap(self._call_star, in_dims=(0,))
-        return torch.cat([star(source.gather(idx[i:i + chunk])).detach().float()
+        return torch.cat([trace_dtype(star(source.gather(idx[i:i + chunk])).detach())
                           for i in range(0, idx.shape[0], chunk)])
 
 
@@ -259,16 +260,13 @@ class SequentialStepper(_Stepper):
         x = flat[0].detach().requires_grad_(True)
         with torch.enable_grad():
             loss = self._loss(x, batch)
-            (grad,) = torch.autograd.grad(loss.float(), x)
-        return loss.detach().float().reshape(1), grad.unsqueeze(0)
+            (grad,) = torch.autograd.grad(trace_dtype(loss), x)
+        return trace_dtype(loss.detach()).reshape(1), grad.unsqueeze(0)
 
     def loss_at_star(self, batch: Any) -> torch.Tensor:
-        return self._call_star(batch).detach().float().reshape(1)
+        return trace_dtype(self._call_star(batch).detach()).reshape(1)
 
     def star_losses(self, source: Any, idx: torch.Tensor, *, chunk: int) -> torch.Tensor:
         """L_m(w*) on each row of idx (K, B), one plain forward per batch."""
         return torch.cat([self.loss_at_star(source.gather(row)) for row in idx])
 
-
-def to_device(tree: Any, device: torch.device) -> Any:
-    return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, tree)

@@ -8,8 +8,9 @@ import pytest
 
 from services.nightly import run_nightly_once
 from services.scheduler.loop import Scheduler, SchedulerOptions
-from services.store import repository as repo
 from services.store.db import session_scope
+from services.store.results import sweep_results
+from services.store.sweeps import get_sweep
 from tests.services.sweeps.tiny_runs import TINY, tiny_run
 
 pytestmark = pytest.mark.slow
@@ -30,8 +31,8 @@ def test_nightly_first_pass_then_the_scheduler_refines_and_aggregates_once(s3_en
                             lease_seconds=30, poll_seconds=0.2)
     report = Scheduler(opts, tracker=None, aggregate=True).run()
     with session_scope(db) as s:
-        rows = repo.sweep_results(s, sweep_id=sub.sweep_id)
-        status = repo.get_sweep(s, sweep_id=sub.sweep_id).status
+        rows = sweep_results(s, sweep_id=sub.sweep_id)
+        status = get_sweep(s, sweep_id=sub.sweep_id).status
     steps = sorted({r.step for r in rows})
     # λ̂ moves far more than its noise between an untrained and a trained model: the gap gets filled.
     assert 3 <= len(steps) <= 4 and steps[0] == 0 and steps[-1] == ADAPTIVE.steps, steps

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from services.sweeps.config import ConfigError, load_config, to_dict
-from services.sweeps.endpoints import POSTGRES_DEFAULT, resolve_endpoints, under_storage
+from services.core.endpoints import POSTGRES_DEFAULT, resolve_endpoints, under_storage
 from services.sweeps.expand import sampler_points
 
 
@@ -79,3 +79,17 @@ def test_resolved_config_is_json_safe() -> None:
 
     d = to_dict(load_config(["sweep=small"]))
     assert json.loads(json.dumps(d))["sweep"]["resources"] == {"num_gpus": 0.0, "num_cpus": 1.0, "memory_gb": None}
+
+
+def test_epsilon_auto_and_rmsprop_sgld_are_accepted() -> None:
+    cfg = load_config(["sampler.epsilon=auto", "sampler.method=rmsprop_sgld"])
+    assert cfg.sampler.epsilon == ["auto"]
+    (point,) = sampler_points(cfg.sampler)
+    assert point["epsilon"] == "auto" and point["method"] == "rmsprop_sgld"
+    mixed = load_config(["sampler.epsilon=[auto,1e-4]"])
+    assert [p["epsilon"] for p in sampler_points(mixed.sampler)] == ["auto", 1e-4]
+    assert "method" not in sampler_points(mixed.sampler)[0]     # plain SGLD settings keep their keys
+    with pytest.raises(ConfigError, match="sampler.epsilon values must be positive numbers or auto"):
+        load_config(["sampler.epsilon=[fast]"])
+    with pytest.raises(ConfigError, match="sampler.method must be sgld or rmsprop_sgld"):
+        load_config(["sampler.method=adam"])

@@ -11,9 +11,9 @@ from typing import Any
 
 from rich.console import Console
 
+from services.core.status import TERMINAL_STATUSES
 from services.sweeps.schema import LLCConfig
 
-TERMINAL = ("succeeded", "diverged", "failed", "cancelled")
 
 
 @dataclass
@@ -28,7 +28,7 @@ def max_in_flight(requested: int | None, num_cpus_per_job: float) -> int:
     """Enough tasks to keep every CPU busy, plus one batch queued behind them."""
     if requested is not None:
         if requested < 1:
-            from services.cli import UserError
+            from services.core.errors import UserError
 
             raise UserError(f"--max-in-flight must be at least 1, got {requested}.")
         return requested
@@ -54,7 +54,7 @@ def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Any | None, requeste
     todo = outcome.new + outcome.already_queued
     adaptive = cfg.sweep.checkpoints.adaptive
     if adaptive.enabled and not todo:  # the first pass was done before: refine now, not after a scheduler pass
-        from services.sweeps.adaptive import refine_sweep
+        from services.scheduler.adaptive import refine_sweep
 
         todo = refine_sweep(outcome.sweep_id, database_url=ends.database_url).new_jobs
     report = None
@@ -69,7 +69,7 @@ def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Any | None, requeste
                 tally = {"failed": 0, "diverged": 0, "done": 0}
 
                 def on_event(ev: JobEvent) -> None:
-                    if ev.status not in TERMINAL:
+                    if ev.status not in TERMINAL_STATUSES:
                         return
                     tally[ev.status] = tally.get(ev.status, 0) + 1
                     tally["done"] += 1

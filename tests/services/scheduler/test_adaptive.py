@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from services.aggregator.curves import CheckpointPoint, SettingCurve
-from services.store import repository as repo
 from services.store.db import session_scope
-from services.sweeps.adaptive import Gap, choose_steps, gap_scores, refine_sweep
+from services.store.entities import NewResult
+from services.store.jobs import claim_jobs
+from services.store.results import record_results, sweep_results
+from services.store.sweeps import get_sweep
+from services.scheduler.adaptive import Gap, choose_steps, gap_scores, refine_sweep
 from services.sweeps.config import ConfigError, load_config
 from services.sweeps.schema import AdaptiveDensity, CheckpointSelection
 from services.sweeps.selection import log_spaced, select_checkpoints
@@ -75,10 +78,10 @@ def _record(db: str, sweep_id: int, f) -> int:  # type: ignore[no-untyped-def]
     """Finish every pending job of the sweep with λ̂ = f(step) ± a little, as a worker would."""
     done = 0
     with session_scope(db) as s:
-        for job in repo.claim_jobs(s, owner="tests", limit=1000, lease_seconds=600, sweep_id=sweep_id):
-            values = [f(job.checkpoint.step) + d for d in (-0.2, 0.2)]
-            repo.record_result(s, job_id=job.id, owner="tests", diverged=False, result={
-                "llc_mean": float(np.mean(values)), "llc_std": 0.28, "llc_per_chain": values, "init_loss": 3.0})
+        for job in claim_jobs(s, owner="tests", limit=1000, lease_seconds=600, sweep_id=sweep_id):
+            values = [f(job.step) + d for d in (-0.2, 0.2)]
+            record_results(s, owner="tests", results=[NewResult(job_id=job.id, diverged=False, result={
+                "llc_mean": float(np.mean(values)), "llc_std": 0.28, "llc_per_chain": values, "init_loss": 3.0})])
             done += 1
     return done
 
@@ -96,8 +99,8 @@ def test_refinement_adds_checkpoints_in_the_rise_until_the_budget(storage: str, 
     first = refine_sweep(sub.sweep_id, database_url=db)
     assert first.pending and len(first.added_steps) == 2 and first.new_jobs == 2
     with session_scope(db) as s:
-        rows = repo.sweep_results(s, sweep_id=sub.sweep_id)
-        assert repo.get_sweep(s, sweep_id=sub.sweep_id).status != "finished"   # running again
+        rows = sweep_results(s, sweep_id=sub.sweep_id)
+        assert get_sweep(s, sweep_id=sub.sweep_id).status != "finished"   # running again
     before = sorted({r.step for r in rows if r.status == "succeeded"})
     for step in first.added_steps:   # each new checkpoint sits in a gap where λ̂ rises by more than the noise
         lo = max(s for s in before if s < step)
@@ -110,8 +113,8 @@ def test_refinement_adds_checkpoints_in_the_rise_until_the_budget(storage: str, 
     third = refine_sweep(sub.sweep_id, database_url=db)
     assert third.added_steps == () and third.reason == "budget spent"
     with session_scope(db) as s:
-        rows = repo.sweep_results(s, sweep_id=sub.sweep_id)
-        assert len({r.step for r in rows}) == 8 and repo.get_sweep(s, sweep_id=sub.sweep_id).status == "finished"
+        rows = sweep_results(s, sweep_id=sub.sweep_id)
+        assert len({r.step for r in rows}) == 8 and get_sweep(s, sweep_id=sub.sweep_id).status == "finished"
     # A second sweep of the same config reuses every finished job, round after round, and needs no run.
     again = submit_sweep(cfg, submitted_by="tester")
     assert again.new == 0

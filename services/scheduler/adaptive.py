@@ -10,7 +10,8 @@ time it is split, `per_round` at a time, to the same sweep. It stops when B chec
 added or no gap scores at least 1 (the curve and its boundaries are resolved between the
 checkpoints it has). The state is the sweep itself (its config and which checkpoints it
 has), so the scheduler, `llc run` and nightly sweeps all refine the same way, and a
-scheduler that dies mid-way loses nothing.
+scheduler that dies mid-way loses nothing. A refinement that fails (object store away, a bad
+stored config) is logged and the sweep is aggregated as it is.
 """
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ import numpy as np
 
 from services.aggregator.bootstrap import bootstrap_stages
 from services.aggregator.curves import SettingCurve, build_curves
-from services.store import repository as repo
+from services.store import sweeps as store_sweeps
 from services.store.db import session_scope
+from services.store.entities import AddJobsOutcome
+from services.store.results import sweep_results
 from services.sweeps.schema import AdaptiveDensity, LLCConfig
 
 if TYPE_CHECKING:
@@ -141,7 +144,7 @@ def refine_sweep(sweep_id: int, *, database_url: str, max_rounds: int = 100) -> 
     from services.sweeps.submit import plan_sweep
 
     with session_scope(database_url) as s:
-        sweep = repo.get_sweep(s, sweep_id=sweep_id)
+        sweep = store_sweeps.get_sweep(s, sweep_id=sweep_id)
         stored = dict(sweep.config or {})
         status = str(sweep.status)
     try:
@@ -161,7 +164,7 @@ def refine_sweep(sweep_id: int, *, database_url: str, max_rounds: int = 100) -> 
     reused = 0
     for _ in range(max_rounds):
         with session_scope(database_url) as s:
-            rows = repo.sweep_results(s, sweep_id=sweep_id)
+            rows = sweep_results(s, sweep_id=sweep_id)
         have = {int(r.step) for r in rows}
         left = int(adaptive.initial or 0) + adaptive.budget - len(have)
         if left <= 0:
@@ -183,12 +186,26 @@ def refine_sweep(sweep_id: int, *, database_url: str, max_rounds: int = 100) -> 
 
 
 def _add_checkpoints(plan: SweepPlan, steps: Sequence[int], *, sweep_id: int, database_url: str
-                     ) -> repo.AddJobsOutcome:
+                     ) -> AddJobsOutcome:
     from services.sweeps.submit import link_jobs
 
     wanted = set(steps)
     with session_scope(database_url) as s:
-        sweep = repo.get_sweep(s, sweep_id=sweep_id)
-        run = repo.upsert_training_run(s, uri=plan.run_uri)
-        return link_jobs(s, sweep=sweep, run=run, checkpoints=[c for c in plan.checkpoints if c.step in wanted],
+        run_id = store_sweeps.upsert_training_run(s, uri=plan.run_uri)
+        return link_jobs(s, sweep_id=sweep_id, run_id=run_id,
+                         checkpoints=[c for c in plan.checkpoints if c.step in wanted],
                          jobs=[j for j in plan.jobs if j.checkpoint.step in wanted])
+
+
+def refine_adaptive(sweep_id: int, *, database_url: str) -> bool:
+    """True when checkpoints were added and their jobs now wait to run."""
+    try:
+        outcome = refine_sweep(sweep_id, database_url=database_url)
+    except Exception as exc:
+        log.warning("Adaptive refinement of sweep %s failed (%s); aggregating what it has.", sweep_id,
+                    " ".join(str(exc).split())[:300])
+        return False
+    if outcome.added_steps:
+        log.info("sweep %s: adaptive density added steps %s (%d jobs to run, %d reused)", sweep_id,
+                 list(outcome.added_steps), outcome.new_jobs, outcome.reused_jobs)
+    return outcome.pending

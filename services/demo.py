@@ -61,6 +61,25 @@ def run_demo(*, small: bool = False, overrides: Sequence[str] = (), retrain: boo
     return DemoOutcome(run=run, sweep=outcome)
 
 
+def head_formation(checkpoints: list[dict], *, layer: int, score: str) -> tuple[str, int] | None:
+    """(head, step) of the `layer` head whose `score` rose most, and the first checkpoint past
+    half of its rise; None when no head of that layer rose by 0.2 or more."""
+    from workers.head_scores import parse_head_scores
+
+    series = [(int(c["step"]), parse_head_scores(c)) for c in checkpoints]
+    series = [(st, h) for st, h in series if h]
+    if len(series) < 2:
+        return None
+    names = [n for n in series[-1][1] if n.split(".")[0] == str(layer)]
+    rises = {n: series[-1][1][n].get(score, 0.0) - series[0][1].get(n, {}).get(score, 0.0) for n in names}
+    if not rises or max(rises.values()) < 0.2:
+        return None
+    head = max(rises, key=lambda n: rises[n])
+    half = series[0][1][head][score] + rises[head] / 2
+    step = next(st for st, h in series if h.get(head, {}).get(score, -1.0) >= half)
+    return head, step
+
+
 def induction_alignment(outcome: DemoOutcome) -> list[str]:
     """Sentences relating the stages of each setting to the step where the induction heads formed."""
     formed = outcome.run.formed_at_step
@@ -68,6 +87,11 @@ def induction_alignment(outcome: DemoOutcome) -> list[str]:
     if report is None or formed is None:
         return []
     lines = []
+    prev = head_formation(outcome.run.checkpoints, layer=0, score="prev_token")
+    ind = head_formation(outcome.run.checkpoints, layer=1, score="induction")
+    parts = [f"{what} head {found[0]} formed at step {found[1]}" if found else f"no {what} head formed"
+             for what, found in (("previous-token", prev), ("induction", ind))]
+    lines.append("Per-head scores (a head forms when its score rises by 0.2 or more): " + "; ".join(parts) + ".")
     for curve in report.curves:
         stages = report.stages_for(curve.key)
         hit = next((st for st in stages if st.start_step <= formed <= st.end_step), None)

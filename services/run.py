@@ -52,18 +52,27 @@ def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Any | None, requeste
     console.print(outcome.summary())
     ends = plan.endpoints
     todo = outcome.new + outcome.already_queued
+    adaptive = cfg.sweep.checkpoints.adaptive
+    if adaptive.enabled and not todo:  # the first pass was done before: refine now, not after a scheduler pass
+        from services.scheduler.adaptive import refine_sweep
+
+        todo = refine_sweep(outcome.sweep_id, database_url=ends.database_url).new_jobs
     report = None
     if todo:
         started = connect(address=ends.ray_address, num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus)
         try:
             with views.progress_bars() as progress:
-                bar = progress.add_task(f"sweep {outcome.sweep_id} {cfg.sweep.name}", total=todo, detail="")
-                tally = {"failed": 0, "diverged": 0}
+                # An adaptive sweep adds jobs as it goes: its bar runs to the most it may need.
+                most = todo + (adaptive.budget * len(plan.jobs) // max(1, len(plan.checkpoints)) if adaptive.enabled
+                               else 0)
+                bar = progress.add_task(f"sweep {outcome.sweep_id} {cfg.sweep.name}", total=most, detail="")
+                tally = {"failed": 0, "diverged": 0, "done": 0}
 
                 def on_event(ev: JobEvent) -> None:
                     if ev.status not in TERMINAL_STATUSES:
                         return
                     tally[ev.status] = tally.get(ev.status, 0) + 1
+                    tally["done"] += 1
                     progress.advance(bar)
                     last = (f"step {ev.step}: λ̂={ev.llc_mean:.3g}" if ev.llc_mean is not None
                             else f"step {ev.step}: {ev.status}")
@@ -74,6 +83,7 @@ def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Any | None, requeste
                                         lease_seconds=lease_seconds, poll_seconds=poll_seconds,
                                         max_attempts=max_attempts)
                 report = Scheduler(opts, tracker=tracker, aggregate=False, on_event=on_event).run()
+                progress.update(bar, total=tally["done"])
         finally:
             disconnect(started)
         console.print(f"sweep {outcome.sweep_id}: {report.succeeded} succeeded, {report.diverged} diverged, "

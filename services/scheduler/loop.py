@@ -23,6 +23,7 @@ from services.scheduler import feasibility
 from services.scheduler.carry import EpsilonCarry
 from services.scheduler.cluster import has_gpus
 from services.scheduler.followup import FinishedJob, FollowUp
+from services.scheduler.adaptive import refine_adaptive
 from services.scheduler.task import remote_execute_job
 from services.store import jobs as store_jobs
 from services.store import sweeps as store_sweeps
@@ -387,6 +388,8 @@ class Scheduler:
     def _sweeps_finished(self, sweep_ids: list[int]) -> None:
         for sid in sweep_ids:
             if sid not in self.report.finished_sweeps:
+                if refine_adaptive(sid, database_url=self._url):
+                    continue  # more checkpoints to estimate: the sweep is running again
                 self.report.finished_sweeps.append(sid)
                 self._followup.sweep_done(sid)
 

@@ -6,7 +6,9 @@ first write, and the writes happen in one transaction, so a refused submission s
 from __future__ import annotations
 
 import getpass
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.core.errors import UserError
 from services.store import jobs as store_jobs
@@ -102,13 +104,19 @@ def submit_plan(plan: SweepPlan, *, name: str, submitted_by: str | None, databas
     who = submitted_by or _user()
     with session_scope(database_url) as s:
         run_id = store_sweeps.upsert_training_run(s, uri=plan.run_uri)
-        store_sweeps.upsert_checkpoints(s, training_run_id=run_id, checkpoints=plan.checkpoints)
         sweep = store_sweeps.create_sweep(s, name=name, config=plan.config, submitted_by=who, training_run_id=run_id)
-        outcome = store_jobs.add_jobs(s, sweep_id=sweep.id, jobs=plan.jobs)
+        outcome = link_jobs(s, sweep_id=sweep.id, run_id=run_id, checkpoints=plan.checkpoints, jobs=plan.jobs)
         sweep_id = sweep.id
     return SubmitOutcome(sweep_id=sweep_id, name=name, run_uri=plan.run_uri, checkpoints=len(plan.checkpoints),
                          jobs=len(plan.jobs), new=outcome.new, already_done=outcome.already_done,
                          already_queued=outcome.already_queued, skipped=tuple(plan.skipped))
+
+
+def link_jobs(s: Any, *, sweep_id: int, run_id: int, checkpoints: Sequence[Any], jobs: Sequence[PlannedJob]
+              ) -> Any:
+    """Store the checkpoints and link the planned jobs to the sweep (finished keys reused)."""
+    store_sweeps.upsert_checkpoints(s, training_run_id=run_id, checkpoints=checkpoints)
+    return store_jobs.add_jobs(s, sweep_id=sweep_id, jobs=jobs)
 
 
 def _user() -> str:

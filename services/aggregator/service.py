@@ -103,10 +103,13 @@ def _slug(text: str) -> str:
 
 def aggregate_sweep(*, sweep_id: int, database_url: str | None = None, tracker: Tracker | None = None,
                     out_dir: Path | None = None, log_to_mlflow: bool = True, z: float = 3.0,
-                    r_hat_threshold: float = 1.1, max_rel_spread: float = 0.5) -> AggregateReport:
+                    r_hat_threshold: float = 1.1, max_rel_spread: float = 0.5,
+                    max_diverged_share: float = 0.0) -> AggregateReport:
     """Aggregate one sweep. `tracker` None → a Tracker on the configured tracking URI; an
     unreachable tracking server does not lose the work: stages are stored and files written,
-    and the report's `tracking_error` says what failed. Step 0 is kept (fits use log(step+1))."""
+    and the report's `tracking_error` says what failed. Step 0 is kept (fits use log(step+1)).
+    max_diverged_share: jobs that dropped at most this share of their chains stay in the curves
+    (marked); 0 leaves every job with a diverged chain out."""
     from services.store import ensure_schema, session_scope
     from services.store.repository import StageRow, get_sweep, replace_stages, sweep_results
 
@@ -117,7 +120,7 @@ def aggregate_sweep(*, sweep_id: int, database_url: str | None = None, tracker: 
         rows = sweep_results(session, sweep_id=sweep_id)
 
     notes: list[str] = []
-    curves, counts = build_curves(rows)
+    curves, counts = build_curves(rows, max_diverged_share=max_diverged_share)
     metadata = _metadata_by_step([r for r in rows if r.status == "succeeded"], notes)
     losses = _loss_series(curves, metadata)
     loss_name = _pick_loss(losses)

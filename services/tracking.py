@@ -92,6 +92,20 @@ def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, bool) else finite_or_none(value)
 
 
+def _calibration_metrics(calibration: dict[str, Any], now: int) -> list[Any]:
+    """One MLflow step per pilot, from the largest step size down: epsilon, lambda_hat, its s.e., usable."""
+    from mlflow.entities import Metric
+
+    out: list[Any] = []
+    for i, point in enumerate(calibration.get("points") or []):
+        for key in ("epsilon", "llc_mean", "llc_se", "r_hat", "drift_z"):
+            if (v := _finite(point.get(key))) is not None:
+                out.append(Metric(f"calibration/{key}", v, now, i))
+        out.append(Metric("calibration/usable", float(bool(point.get("usable"))), now, i))
+    return out
+
+
+
 class Tracker:
     """MLflow logging for sweeps; safe to share between threads (one client, no global run)."""
 
@@ -196,9 +210,12 @@ class Tracker:
         return run_id
 
     def log_job(self, *, parent_run_id: str, job_key: str, step: int, params: dict, result: JobResult | dict,
-                existing_run_id: str | None = None) -> str:
+                existing_run_id: str | None = None, artifacts: Sequence[Path] = ()) -> str:
         """One job's child run. A job whose run already finished keeps that run untouched
-        (same key = same result); a half-logged run is marked failed and logged afresh."""
+        (same key = same result); a half-logged run is marked failed and logged afresh.
+        An epsilon=auto calibration is logged as calibration/* metrics (one step per pilot),
+        the pick as a param and the whole record as calibration.json; `artifacts` (e.g. its
+        plot) are attached as files."""
         from mlflow.entities import Metric, Param, RunTag
 
         existing = self._live_run(existing_run_id)
@@ -247,7 +264,18 @@ class Tracker:
                 if (v := _finite(value)) is not None:
                     metrics.append(Metric(f"loss_trace/chain_{chain}", v, now, draw))
 
+        calibration = extra.get("calibration")
+        if isinstance(calibration, dict):
+            metrics += _calibration_metrics(calibration, now)
+            if (pick := _finite(calibration.get("epsilon"))) is not None:
+                param_objs.append(Param("calibration.epsilon", repr(pick)))
+            tags.append(RunTag("llc.calibration.reason", str(calibration.get("reason", ""))[:5000]))
+
         self._log_batch(run_id, metrics=metrics, params=param_objs, tags=tags)
+        if isinstance(calibration, dict):
+            self._call(lambda: self.client.log_dict(run_id, calibration, "calibration.json"))
+        for path in artifacts:
+            self._call(lambda p=path: self.client.log_artifact(run_id, str(p)))
         self._call(lambda: self.client.set_terminated(run_id, status="FINISHED"))
         return run_id
 

@@ -46,6 +46,7 @@ class SettingCurve:
     points: tuple[CheckpointPoint, ...]   # sorted by step
     counts: dict[str, int]                # job status -> count, for this setting
     diverged_steps: tuple[int, ...] = field(default=())  # checkpoints where a job diverged
+    partial_steps: tuple[int, ...] = field(default=())   # checkpoints with a job kept after dropping some chains
 
     @property
     def metric_label(self) -> str:
@@ -91,8 +92,21 @@ def _point(step: int, rows: list[ResultRow]) -> CheckpointPoint | None:
     )
 
 
-def build_curves(rows: Iterable[ResultRow]) -> tuple[list[SettingCurve], Counter[str]]:
-    """Curves per setting (sorted by ε, then label) and the sweep's job counts by status."""
+def diverged_share(row: ResultRow) -> float:
+    """Share of the job's chains that diverged (dropped chains have no finite per-chain λ̂)."""
+    chains = list(row.llc_per_chain or [])
+    if not chains:
+        return 1.0
+    return sum(1 for c in chains if finite_or_none(c) is None) / len(chains)
+
+
+def build_curves(rows: Iterable[ResultRow], *, max_diverged_share: float = 0.0
+                 ) -> tuple[list[SettingCurve], Counter[str]]:
+    """Curves per setting (sorted by ε, then label) and the sweep's job counts by status.
+
+    A diverged job whose share of dropped chains is at most max_diverged_share (and that has
+    an estimate) is kept in its curve from its surviving chains and marked (counts
+    "partially_diverged", partial_steps); above it the job is left out, as with 0 (the default)."""
     groups: dict[str, list[ResultRow]] = defaultdict(list)
     hyper: dict[str, dict[str, Any]] = {}
     totals: Counter[str] = Counter()
@@ -108,7 +122,14 @@ def build_curves(rows: Iterable[ResultRow]) -> tuple[list[SettingCurve], Counter
         by_step: dict[int, list[ResultRow]] = defaultdict(list)
         counts: Counter[str] = Counter()
         diverged: set[int] = set()
+        partial: set[int] = set()
         for row in groups[key]:
+            if row.status == "diverged" and finite_or_none(row.llc_mean) is not None \
+                    and diverged_share(row) <= max_diverged_share:
+                counts["partially_diverged"] += 1
+                partial.add(int(row.step))
+                by_step[int(row.step)].append(row)
+                continue
             counts[row.status] += 1
             if row.status == JobStatus.DIVERGED:
                 diverged.add(int(row.step))
@@ -116,6 +137,7 @@ def build_curves(rows: Iterable[ResultRow]) -> tuple[list[SettingCurve], Counter
                 by_step[int(row.step)].append(row)
         points = [p for step in sorted(by_step) if (p := _point(step, by_step[step])) is not None]
         curves.append(SettingCurve(key=key, label=labels[key], hyperparameters=hyper[key], points=tuple(points),
-                                   counts=dict(counts), diverged_steps=tuple(sorted(diverged))))
+                                   counts=dict(counts), diverged_steps=tuple(sorted(diverged)),
+                                   partial_steps=tuple(sorted(partial))))
     curves.sort(key=lambda c: (c.epsilon, c.label))
     return curves, totals

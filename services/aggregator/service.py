@@ -112,10 +112,12 @@ def _slug(text: str) -> str:
 def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None = None,
                     out_dir: Path | None = None, log_to_mlflow: bool = True, z: float = 3.0,
                     r_hat_threshold: float = 1.1, max_rel_spread: float = 0.5,
-                    bootstrap_replicates: int = 100) -> AggregateReport:
+                    bootstrap_replicates: int = 100, max_diverged_share: float = 0.0) -> AggregateReport:
     """Aggregate one sweep; MLflow only with a `tracker` and `log_to_mlflow`. An
     unreachable tracking server does not lose the work: stages are stored and files written,
-    and the report's `tracking_error` says what failed. Step 0 is kept (fits use log(step+1))."""
+    and the report's `tracking_error` says what failed. Step 0 is kept (fits use log(step+1)).
+    max_diverged_share: jobs that dropped at most this share of their chains stay in the curves
+    (marked); 0 leaves every job with a diverged chain out."""
     ensure_schema(database_url)
     with session_scope(database_url) as session:
         sweep = get_sweep(session, sweep_id=sweep_id)
@@ -123,7 +125,7 @@ def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None
         rows = sweep_results(session, sweep_id=sweep_id)
 
     notes: list[str] = []
-    curves, counts = build_curves(rows)
+    curves, counts = build_curves(rows, max_diverged_share=max_diverged_share)
     metadata = _metadata_by_step([r for r in rows if r.status == "succeeded"], notes)
     losses = _loss_series(curves, metadata)
     loss_name = _pick_loss(losses)

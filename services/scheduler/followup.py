@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from services.aggregator.calibration_plot import plot_calibration
 from services.store.jobs import set_job_mlflow_run
 from services.store.db import session_scope
 from services.tracking import sweep_parent_run
@@ -78,8 +81,12 @@ class FollowUp:
         try:
             parent = self._parent_run(job.sweep_id)
             params = dict(job.hyperparameters, seed=job.seed)
-            run_id = self._tracker.log_job(parent_run_id=parent, job_key=job.key, step=job.step, params=params,
-                                           result=job.result, existing_run_id=job.mlflow_run_id)
+            with tempfile.TemporaryDirectory() as tmp:
+                calibration = (job.result.get("extra") or {}).get("calibration")
+                plots = [plot_calibration(calibration, Path(tmp) / "calibration.png", title=f"step {job.step}: ε = auto")
+                         ] if isinstance(calibration, dict) else []
+                run_id = self._tracker.log_job(parent_run_id=parent, job_key=job.key, step=job.step, params=params,
+                                               result=job.result, existing_run_id=job.mlflow_run_id, artifacts=plots)
             with session_scope(self._url) as s:
                 set_job_mlflow_run(s, job_id=job.job_id, run_id=run_id)
         except Exception as exc:  # an MLflow failure must never lose or block results

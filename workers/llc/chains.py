@@ -54,6 +54,8 @@ class ChainRecords:
 # that diverged keeps stepping (on its own generators, so no other chain notices) until the
 # next check, and everything it recorded after the divergent step is discarded.
 _CHECK_EVERY = 16
+# Columns of w - w* formed at a time in the SGLD drift (sgld.SGLDStep.drift's scratch).
+_OFFSET_CHUNK = 1 << 20
 
 
 def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: list[IndexStream],
@@ -83,7 +85,7 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
     mala_acc = torch.full((group, cfg.num_draws), float("nan"), device=dev, dtype=torch.float64) if cfg.mala else None
     baselines = _PairedBaselines(paired, source, chains, chunk=16 * group) if paired is not None else None
     init: torch.Tensor | None = None
-    buffers: tuple[torch.Tensor, torch.Tensor] | None = None   # (noise, offset), reused across steps
+    buffers: tuple[torch.Tensor, torch.Tensor] | None = None   # (noise, offset chunk), reused across steps
     checked = 0
     to_device = source.indexes_on_device and dev.type != "cpu"
     for t in range(total):
@@ -145,7 +147,7 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
             # Buffers reused across steps: a fresh (chains, D) tensor per step costs page faults
             # comparable to the update itself on a 70M-parameter model.
             if buffers is None or buffers[0].shape != flat.shape:
-                buffers = (torch.empty_like(flat), torch.empty_like(flat))
+                buffers = (torch.empty_like(flat), flat.new_empty(flat.shape[0], min(flat.shape[1], _OFFSET_CHUNK)))
             noise = buffers[0]
             for row, g in zip(noise, gens, strict=True):
                 torch.randn(row.shape, generator=g, device=dev, dtype=flat.dtype, out=row)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 # Floats of sampled state per chain in a group: the chain's copy, the gradient autograd returns
-# (and the per-parameter gradients it is concatenated from), the reused noise and offset buffers.
-_STATE_COPIES_PER_CHAIN = 5
+# (and the per-parameter gradients it is concatenated from), the reused noise buffer.
+_STATE_COPIES_PER_CHAIN = 4
 # Backward keeps the saved activations alive while it builds their gradients; peak measured
 # on the GPT-NeoX benchmark (benchmarks/large.py) was saved x ~1.0 plus a few copies of the
 # largest saved tensor (the logits and their gradient, fp32).

@@ -36,11 +36,18 @@ class SGLDStep:
               scratch: torch.Tensor | None = None) -> torch.Tensor:
         """nbeta grad L_m(w) + gamma (w - w*): the gradient of the localized tempered potential.
 
-        With `scratch` (a buffer of flat's shape) the offset goes there and grad is overwritten
-        with the drift: the same values without two fresh (chains, D) tensors per step."""
+        With `scratch` (a (chains, k) buffer) grad is overwritten with the drift and the offset is
+        formed k columns at a time there: the same values without two fresh (chains, D) tensors
+        per step (page faults on a 70M-parameter model cost as much as the update)."""
         if scratch is None:
             return grad.to(flat.dtype).mul(self.nbeta).add_(flat - flat0, alpha=self.gamma)
-        return grad.to(flat.dtype).mul_(self.nbeta).add_(torch.sub(flat, flat0, out=scratch), alpha=self.gamma)
+        drift = grad.to(flat.dtype).mul_(self.nbeta)
+        size, k = flat.shape[-1], scratch.shape[-1]
+        for i in range(0, size, k):
+            j = min(i + k, size)
+            offset = torch.sub(flat[..., i:j], flat0[i:j], out=scratch[..., :j - i])
+            drift[..., i:j].add_(offset, alpha=self.gamma)
+        return drift
 
     def preconditioner(self, state: dict[str, torch.Tensor], grad: torch.Tensor) -> torch.Tensor | None:
         """Update the RMSProp average in `state` with grad and return G (None for plain SGLD)."""

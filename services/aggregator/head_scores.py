@@ -1,18 +1,21 @@
 """Per-head scores over training (from each checkpoint's metadata.json `heads`) and which heads
-moved in a stage: what names the circuit parts behind a λ̂ stage in the stage table."""
+moved in a stage — by those scores, and by per-head λ̂ when the sweep has head components:
+what names the circuit parts behind a λ̂ stage in the stage table."""
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from services.aggregator.curves import SettingCurve
 from workers.head_scores import INDUCTION, PREV_TOKEN, head_sort_key, parse_head_scores
 
 #: step → head ("layer.head") → score name → value
 HeadScores = dict[int, dict[str, dict[str, float]]]
-SHORT = {PREV_TOKEN: "prev-token", INDUCTION: "induction"}
+SHORT = {PREV_TOKEN: "prev-token", INDUCTION: "induction", "llc": "λ̂"}
 
 
 def read_head_scores(checkpoints: Iterable[tuple[int, str]]) -> HeadScores:
@@ -64,10 +67,40 @@ def moved_heads(scores: HeadScores, start: int, end: int, *, min_change: float =
     return sorted(out, key=lambda t: -abs(t[2]))
 
 
+_COMPONENT_HEAD = re.compile(r"^l(\d+)h(\d+)$")
+LLC = "llc"
+
+
+def head_llc_moves(curves: Sequence[SettingCurve], of: SettingCurve, start: int, end: int, *,
+                   min_frac: float = 0.25, z: float = 3.0) -> list[tuple[str, str, float]]:
+    """(head "layer.head", "llc", Δλ̂) for every per-head λ̂ curve (component l{L}h{H}) of the
+    same other hyperparameters as `of` whose λ̂ moved between the stage's ends by at least
+    `min_frac` of its range over training and by more than z noise units (√2 × its median
+    standard error); biggest relative move first."""
+    if str(of.hyperparameters.get("component", "all")) != "all":
+        return []
+    rest = {k: v for k, v in of.hyperparameters.items() if k != "component"}
+    out = []
+    for c in curves:
+        m = _COMPONENT_HEAD.match(str(c.hyperparameters.get("component", "")))
+        if m is None or {k: v for k, v in c.hyperparameters.items() if k != "component"} != rest or len(c.points) < 2:
+            continue
+        steps = [p.step for p in c.points]
+        values = [p.llc_mean for p in c.points]
+        span = max(values) - min(values)
+        sems = [p.llc_sem for p in c.points if math.isfinite(p.llc_sem)]
+        noise = z * math.sqrt(2) * float(np.median(sems)) if sems else 0.0
+        delta = float(np.interp(end, steps, values) - np.interp(start, steps, values))
+        if span > 0 and math.isfinite(delta) and abs(delta) >= max(min_frac * span, noise):
+            out.append((f"{m.group(1)}.{m.group(2)}", LLC, delta, abs(delta) / span))
+    return [(h, n, d) for h, n, d, _ in sorted(out, key=lambda t: -t[3])]
+
+
 def describe_moves(moves: Iterable[tuple[str, str, float]], *, limit: int = 3) -> str:
     """"0.2 prev-token +0.45, 1.3 induction +0.61" (the largest `limit` moves)."""
     items = list(moves)
-    text = ", ".join(f"{h} {SHORT.get(n, n)} {d:+.2f}" for h, n, d in items[:limit])
+    text = ", ".join(f"{h} {SHORT.get(n, n)} {d:+.3g}" if n == LLC else f"{h} {SHORT.get(n, n)} {d:+.2f}"
+                     for h, n, d in items[:limit])
     return text + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
 
 

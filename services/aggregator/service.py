@@ -18,7 +18,8 @@ import numpy as np
 
 from services.aggregator.bootstrap import BootstrapStages, bootstrap_stages
 from services.aggregator.curves import SettingCurve, build_curves
-from services.aggregator.head_scores import HeadScores, describe_moves, mlflow_head_series, moved_heads, read_head_scores
+from services.aggregator.head_scores import (HeadScores, describe_moves, head_llc_moves, mlflow_head_series, moved_heads,
+                                            read_head_scores)
 from services.aggregator.heads import head_maps, plot_head_map
 from services.aggregator.plots import LossSeries, plot_overview, plot_setting
 from services.aggregator.report import AggregateReport, SettingStage
@@ -158,7 +159,7 @@ def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None
         primary = by_quality[0][1].key
         notes.append("no setting is usable (see the stability table); MLflow `llc` follows the setting with the most estimates")
 
-    stages = [_setting_stage(c, u, heads) for c in curves for u in (boots[c.key].stages if c.key in boots else ())]
+    stages = [_setting_stage(c, u, heads, curves) for c in curves for u in (boots[c.key].stages if c.key in boots else ())]
     stored = [StageRow(hyperparameters=s.hyperparameters, start_step=s.stage.start_step, end_step=s.stage.end_step,
                        kind=s.stage.kind, llc_change=s.stage.llc_change, loss_change=s.stage.loss_change,
                        details={**s.as_dict(), "loss_source": loss_name, "step_axis": "log(step + 1)"})
@@ -188,10 +189,14 @@ def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None
     return report
 
 
-def _setting_stage(curve: SettingCurve, u: Any, heads: HeadScores) -> SettingStage:
-    moves = moved_heads(heads, u.stage.start_step, u.stage.end_step) if heads else []
-    return SettingStage(curve.key, curve.label, curve.hyperparameters, u.stage, uncertainty=u,
-                        heads=describe_moves(moves))
+def _setting_stage(curve: SettingCurve, u: Any, heads: HeadScores, curves: Sequence[SettingCurve]) -> SettingStage:
+    """The stage with the heads whose scores (checkpoint metadata) and per-head λ̂ (component
+    curves) moved in it."""
+    start, end = u.stage.start_step, u.stage.end_step
+    moves = moved_heads(heads, start, end) if heads else []
+    llc_moves = head_llc_moves(curves, curve, start, end)
+    text = "; ".join(t for t in (describe_moves(moves), describe_moves(llc_moves)) if t)
+    return SettingStage(curve.key, curve.label, curve.hyperparameters, u.stage, uncertainty=u, heads=text)
 
 
 def _write_plots(report: AggregateReport, losses: dict[str, tuple[list[float], list[float]]],

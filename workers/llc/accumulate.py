@@ -33,6 +33,7 @@ class AccumulatingStepper:
                             batch)
             loss, grad = self.inner.loss_and_grad(flat, part)
             loss_sum = loss if loss_sum is None else loss_sum.add_(loss)
-            grad_sum = grad if grad_sum is None else grad_sum.add_(grad)
+            # clone: a stepper may hand back a buffer it reuses on the next call
+            grad_sum = grad.clone() if grad_sum is None else grad_sum.add_(grad)
         assert loss_sum is not None and grad_sum is not None
         return loss_sum.div_(self.parts), grad_sum.div_(self.parts)

@@ -156,7 +156,8 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
                 u_old = nbeta * loss.double() + 0.5 * gamma * (flat - flat0).double().pow(2).sum(dim=1)
             drift = step.apply(flat, flat0, grad, noise, precond_state, scratch=buffers[1])
         if want_mala:
-            acc = _mala(stepper, batch, flat, flat0, drift, noise, u_old, nbeta=nbeta, eps=eps, gamma=gamma)
+            # drift may be the stepper's reused gradient buffer, which _mala's own step overwrites.
+            acc = _mala(stepper, batch, flat, flat0, drift.clone(), noise, u_old, nbeta=nbeta, eps=eps, gamma=gamma)
             if rows_t is None:
                 mala_acc[:, draw] = acc
             else:

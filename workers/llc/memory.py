@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
-# Floats of sampled state per chain in a group: the chain's copy, the gradient autograd returns
-# (and the per-parameter gradients it is concatenated from), the reused noise buffer.
+# Floats of sampled state per chain in a group: the chain's copy, its gradient, the reused noise
+# buffer; vectorized groups also hold the per-parameter gradients the gradient is concatenated
+# from (one chain at a time, autograd adds each into a reused buffer as it is produced).
 _STATE_COPIES_PER_CHAIN = 4
+_STATE_COPIES_ONE_CHAIN = 3
 # Backward keeps the saved activations alive while it builds their gradients; peak measured
 # on the GPT-NeoX benchmark (benchmarks/large.py) was saved x ~1.0 plus a few copies of the
 # largest saved tensor (the logits and their gradient, fp32).
@@ -41,7 +43,7 @@ class MemoryEstimate:
 
     def peak(self, *, chains: int, batch: int) -> int:
         """Peak bytes with `chains` chains stepping together on micro-batches of `batch` items."""
-        state = self.sampled * (1 + _STATE_COPIES_PER_CHAIN * chains)
+        state = self.sampled * (1 + (_STATE_COPIES_ONE_CHAIN if chains == 1 else _STATE_COPIES_PER_CHAIN * chains))
         acts = chains * batch * (self.activations_per_item + _LARGEST_COPIES * self.largest_per_item)
         return self.weights + state + acts
 
@@ -135,7 +137,7 @@ def plan_memory(est: MemoryEstimate, *, num_chains: int, batch_size: int, budget
         if peak <= budget:
             return MemoryPlan(groups[-1], micro, peak, budget, est)
     smallest = est.peak(chains=groups[-1], batch=1)
-    base = est.weights + est.sampled * (1 + _STATE_COPIES_PER_CHAIN * groups[-1])
+    base = est.peak(chains=groups[-1], batch=0)
     if base > budget:
         fix = ("sample fewer parameters (sample_params / sweep.components, e.g. one head 'l0h0' instead of "
                "'all') or run on a device with more memory")

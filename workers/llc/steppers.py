@@ -72,9 +72,11 @@ class ParamLayout:
         return sum(self.sizes)
 
     def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        lead = tuple(flat.shape[:-1])
+        return self.assemble(flat.split(list(self.sizes), dim=-1), lead=tuple(flat.shape[:-1]))
+
+    def assemble(self, parts: Any, *, lead: tuple[int, ...] = ()) -> dict[str, torch.Tensor]:
+        """Parameters from their flat parts (in layout order), each (*lead, size)."""
         out: dict[str, torch.Tensor] = {}
-        parts = flat.split(list(self.sizes), dim=-1)
         for i, (name, part, shape, dt) in enumerate(zip(self.names, parts, self.shapes, self.dtypes, strict=True)):
             part = part if dt == self.dtype else part.to(dt)
             idx = self.index[i] if self.index is not None else None
@@ -113,6 +115,7 @@ class _Stepper:
         self._compiled: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
         self._compiled_ran = False
         self._first_compiled_call = False     # set by _loss, cleared (and timed) by loss_and_grad
+        self._grad_buf: torch.Tensor | None = None     # SequentialStepper's reused gradient buffer
         self.compile_error: str | None = None
         self.compile_s = 0.0
         if compile:
@@ -266,11 +269,32 @@ class SequentialStepper(_Stepper):
         return self._loss_and_grad_timed(lambda: self._chain_loss_and_grad(flat, batch))
 
     def _chain_loss_and_grad(self, flat: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._compiled is None:
+            return self._leaf_loss_and_grad(flat, batch)
         x = flat[0].detach().requires_grad_(True)
         with torch.enable_grad():
             loss = self._loss(x, batch)
             (grad,) = torch.autograd.grad(trace_dtype(loss), x)
         return trace_dtype(loss.detach()).reshape(1), grad.unsqueeze(0)
+
+    def _leaf_loss_and_grad(self, flat: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eager: each parameter's part is a leaf whose .grad is its slice of one reused flat buffer,
+        so autograd adds every gradient there as it is produced and frees it (a gradient w.r.t. the
+        flat vector would keep all of them until one concatenation into a new D-sized tensor).
+        The returned gradient is that buffer: valid until the next call."""
+        buf = self._grad_buf
+        if buf is None or buf.shape != flat.shape[1:] or buf.dtype != flat.dtype or buf.device != flat.device:
+            buf = self._grad_buf = torch.zeros_like(flat[0])
+        else:
+            buf.zero_()
+        sizes = list(self.layout.sizes)
+        leaves = [p.detach().requires_grad_(True) for p in flat[0].split(sizes)]
+        for leaf, g in zip(leaves, buf.split(sizes), strict=True):
+            leaf.grad = g
+        with torch.enable_grad():
+            loss = self._call(self.layout.assemble(leaves), batch)
+            trace_dtype(loss).backward()
+        return trace_dtype(loss.detach()).reshape(1), buf.unsqueeze(0)
 
     def loss_at_star(self, batch: Any) -> torch.Tensor:
         return trace_dtype(self._call_star(batch).detach()).reshape(1)

@@ -39,7 +39,8 @@ def max_in_flight(requested: int | None, num_cpus_per_job: float) -> int:
 
 
 def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Any | None, requested_in_flight: int | None = None,
-              lease_seconds: float = 120.0, poll_seconds: float = 0.5, max_attempts: int = 3) -> RunOutcome:
+              lease_seconds: float = 120.0, poll_seconds: float = 0.5, max_attempts: int = 3,
+              infra_retries: int = 5) -> RunOutcome:
     from services.aggregator import aggregate_sweep
     from services.scheduler.cluster import connect, disconnect
     from services.scheduler.loop import JobEvent, Scheduler, SchedulerOptions
@@ -72,7 +73,7 @@ def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Any | None, requeste
                 opts = SchedulerOptions(database_url=ends.database_url, sweep_id=outcome.sweep_id, until_idle=True,
                                         max_in_flight=max_in_flight(requested_in_flight, cfg.sweep.resources.num_cpus),
                                         lease_seconds=lease_seconds, poll_seconds=poll_seconds,
-                                        max_attempts=max_attempts)
+                                        max_attempts=max_attempts, infra_retries=infra_retries)
                 report = Scheduler(opts, tracker=tracker, aggregate=False, on_event=on_event).run()
         finally:
             disconnect(started)

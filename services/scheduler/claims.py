@@ -23,10 +23,12 @@ def sweeps_of(session: Session, job_ids: Sequence[int]) -> dict[int, list[int]]:
     return out
 
 
-def statuses(session: Session, job_ids: Sequence[int]) -> dict[int, str]:
+def holders(session: Session, job_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+    """job id → (status, lease owner): whether a job is still ours to run."""
     if not job_ids:
         return {}
-    return {i: s for i, s in session.execute(select(Job.id, Job.status).where(Job.id.in_(list(job_ids))))}
+    rows = session.execute(select(Job.id, Job.status, Job.lease_owner).where(Job.id.in_(list(job_ids))))
+    return {i: (status, owner) for i, status, owner in rows}
 
 
 def remaining(session: Session, *, sweep_id: int | None) -> int:

@@ -19,7 +19,9 @@ from typing import Any
 import ray
 from ray import exceptions as rex
 
+from services.core.errors import ConfigError
 from services.scheduler import claims, feasibility
+from services.scheduler.faults import InfraRetries, is_infrastructure
 from services.scheduler.cluster import has_gpus
 from services.scheduler.followup import FinishedJob, FollowUp
 from services.scheduler.task import remote_execute_job
@@ -54,9 +56,27 @@ class SchedulerOptions:
     sweep_id: int | None = None        # only this sweep's jobs
     until_idle: bool = False           # exit once nothing is pending or running (in scope)
     once: bool = False                 # one claim, wait for those jobs, exit
-    max_attempts: int = 3              # attempts per job (lost workers, expired leases)
-    ray_max_retries: int = 2           # Ray's own retries of a task whose worker died
+    max_attempts: int = 3              # claims per job (input faults, expired leases of dead schedulers)
+    # Infrastructure faults (worker/node lost, OOM, S3 away, disk full) are retried here with
+    # exponential backoff, without a new claim: this budget, not max_attempts, bounds them.
+    # Ray's own retries of a lost worker count against it, so the two add up to one bound.
+    infra_retries: int = 5
+    infra_backoff_s: float = 1.0       # first delay; doubles per retry, capped at 60 s
+    ray_max_retries: int = 0           # Ray's own retries of a task whose worker died (part of infra_retries)
     owner: str | None = None
+
+    def __post_init__(self) -> None:
+        checks = (("--lease-seconds", self.lease_seconds, self.lease_seconds > 0, "a positive number of seconds"),
+                  ("--max-in-flight", self.max_in_flight, self.max_in_flight >= 1, "at least 1"),
+                  ("--max-attempts", self.max_attempts, self.max_attempts >= 1, "at least 1"),
+                  ("--poll-seconds", self.poll_seconds, self.poll_seconds > 0, "a positive number of seconds"),
+                  ("--infra-retries", self.infra_retries, self.infra_retries >= 0, "0 or more"),
+                  ("ray_max_retries", self.ray_max_retries,
+                   0 <= self.ray_max_retries <= self.infra_retries, "between 0 and --infra-retries"),
+                  ("infra_backoff_s", self.infra_backoff_s, self.infra_backoff_s >= 0, "0 or more seconds"))
+        for flag, value, ok, want in checks:
+            if not ok or value != value:   # NaN compares unequal to itself
+                raise ConfigError(f"{flag}={value} is invalid: it must be {want}.")
 
 
 @dataclass(frozen=True)
@@ -80,11 +100,28 @@ class SchedulerReport:
     cancelled: int = 0
     lost_lease: int = 0
     released_orphans: int = 0
+    infra_retried: int = 0             # infrastructure faults retried here (no attempt charged)
+    taken_over: int = 0                # our copies stopped because another scheduler holds the job now
+    handed_back: int = 0               # running jobs returned to pending at shutdown
+    stopped_by: str | None = None      # the signal that stopped this scheduler, if any
     finished_sweeps: list[int] = field(default_factory=list)
     aggregated_sweeps: list[int] = field(default_factory=list)
     tracking_errors: int = 0
     busy_s: float = 0.0                # time the driver spent on its own work (not waiting on Ray)
     wall_s: float = 0.0
+
+    def summary(self) -> str:
+        """One paragraph for the operator (printed at exit, also after SIGTERM)."""
+        how = f"stopped by {self.stopped_by}" if self.stopped_by else "done"
+        return (f"scheduler {self.owner} {how}: submitted {self.submitted}, succeeded {self.succeeded}, "
+                f"diverged {self.diverged}, failed {self.failed}, retried {self.retried} "
+                f"(+{self.infra_retried} infrastructure), cancelled {self.cancelled}, taken over {self.taken_over}, "
+                f"handed back {self.handed_back}, orphans returned {self.released_orphans}, "
+                f"finished sweeps {self.finished_sweeps}")
+
+    def exit_code(self) -> int:
+        """0: nothing failed (a signal-stopped scheduler too); 1: some job failed for good (docs/faults.md)."""
+        return 1 if self.failed else 0
 
 
 @dataclass
@@ -97,6 +134,8 @@ class _Flight:
     sweep_ids: tuple[int, ...]
     mlflow_run_id: str | None
     demand: dict[str, float] = field(default_factory=dict)   # node resources its Ray task asks for
+    spec: Any = None                                          # the JobSpec, kept to resubmit after an infra fault
+    options: dict[str, Any] = field(default_factory=dict)     # its Ray task options
 
 
 def default_owner() -> str:
@@ -119,6 +158,8 @@ class Scheduler:
         self._gpus: bool | None = None
         self._stop = threading.Event()
         self._claimed_once = False
+        self._infra = InfraRetries(budget=options.infra_retries, base_s=options.infra_backoff_s)
+        self._next_release = 0.0
         self._unwritten: list[tuple[_Flight, dict[str, Any]]] = []   # results fetched from Ray, not yet stored
         self._unwritten_since = 0.0
         self._renew_every = self._check_every = 1.0
@@ -133,8 +174,6 @@ class Scheduler:
     # ------------------------------------------------------------------ main loop
     def run(self) -> SchedulerReport:
         opts = self.options
-        if opts.lease_seconds <= 0 or opts.max_in_flight <= 0:
-            raise ValueError("lease_seconds and max_in_flight must be positive.")
         ensure_schema(self._url)
         start = time.perf_counter()
         busy = 0.0
@@ -145,6 +184,7 @@ class Scheduler:
         self._renew_every = renew_every = max(0.2, opts.lease_seconds / 3)
         self._check_every = min(1.0, renew_every)
         self._next_renew = self._next_check = time.monotonic() + min(renew_every, self._check_every)
+        self._next_release = time.monotonic() + opts.lease_seconds / 4
         self._claimed_once = False
         try:
             while not self._stop.is_set():
@@ -158,6 +198,10 @@ class Scheduler:
                     self._renew()
                 if now >= self._next_feasible:
                     self._check_feasible()
+                if now >= self._next_release:
+                    self._release_expired()
+                for flight in self._infra.due(now):
+                    self._resubmit(flight)
                 if self._may_claim():
                     free = opts.max_in_flight - len(self._inflight)
                     # Claim in batches so each store round trip serves several jobs, early enough that the
@@ -175,7 +219,7 @@ class Scheduler:
                     self._handle(ready)
                     busy += time.perf_counter() - t1
                     continue
-                if opts.once and self._claimed_once:
+                if opts.once and self._claimed_once and not self._infra.waiting:
                     break
                 if opts.until_idle:
                     t1 = time.perf_counter()
@@ -231,9 +275,22 @@ class Scheduler:
             ref = remote_execute_job.options(**options).remote(spec)
             self._inflight[ref] = _Flight(job_id=job_id, key=key, step=int(spec.step), seed=seed, hyperparameters=hyper,
                                           sweep_ids=sweep_ids, mlflow_run_id=run_id,
-                                          demand=feasibility.demand_of(options))
+                                          demand=feasibility.demand_of(options), spec=spec, options=options)
             self.report.submitted += 1
         return len(rows)
+
+    def _resubmit(self, flight: _Flight) -> None:
+        """Run a job again after an infrastructure fault: same claim and lease, a fresh Ray task."""
+        self._inflight[remote_execute_job.options(**flight.options).remote(flight.spec)] = flight
+
+    def _release_expired(self) -> None:
+        """Every live scheduler returns dead schedulers' jobs, so orphans come back within a lease."""
+        self._next_release = time.monotonic() + self.options.lease_seconds / 4
+        with session_scope(self._url) as s:
+            n = repo.release_expired_leases(s, max_attempts=self.options.max_attempts)
+        if n:
+            self.report.released_orphans += n
+            log.info("returned %d job(s) whose lease expired (a dead or stalled scheduler) to pending", n)
 
     def _task_options(self, sweep_ids: tuple[int, ...]) -> dict[str, Any]:
         res = self._resources.get(sweep_ids[0], {}) if sweep_ids else {}
@@ -280,15 +337,20 @@ class Scheduler:
             try:
                 done.append((flight, values[i] if values is not None else ray.get(ref)))
             except rex.TaskCancelledError:
-                self.report.cancelled += 1
-                self._emit(flight, "cancelled")
-            except SYSTEM_ERRORS as exc:
+                # Our own cancels drop the flight first: this one was cancelled from outside
+                # (dashboard, `ray` CLI). Hand the job back now rather than when its lease expires.
                 self._fail(flight.job_id, flight.sweep_ids, flight.step,
-                           f"the Ray worker running job {flight.job_id} was lost after {self.options.ray_max_retries} "
-                           f"retries ({type(exc).__name__}); requeued", retry=True)
+                           f"the Ray task of job {flight.job_id} was cancelled outside the scheduler; requeued",
+                           retry=True)
+            except SYSTEM_ERRORS as exc:
+                self._infra_fault(flight, f"the Ray worker running job {flight.job_id} was lost "
+                                          f"({type(exc).__name__})", cost=1 + self.options.ray_max_retries)
             except rex.RayTaskError as exc:
                 cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                self._fail(flight.job_id, flight.sweep_ids, flight.step, _one_line(cause), retry=False)
+                if is_infrastructure(cause):
+                    self._infra_fault(flight, _one_line(cause), cost=1)
+                else:
+                    self._fail(flight.job_id, flight.sweep_ids, flight.step, _one_line(cause), retry=False)
         if done:
             if not self._unwritten:
                 self._unwritten_since = time.monotonic()
@@ -342,6 +404,18 @@ class Scheduler:
                                                     seed=flight.seed, result=result, mlflow_run_id=flight.mlflow_run_id))
         self._sweeps_finished(finished)
 
+    def _infra_fault(self, flight: _Flight, reason: str, *, cost: int) -> None:
+        """Retry after a backoff within the infrastructure budget (no new claim, no attempt charged);
+        past the budget the job fails with the reason."""
+        delay = self._infra.schedule(flight.job_id, flight, cost=cost)
+        if delay is None:
+            self._fail(flight.job_id, flight.sweep_ids, flight.step,
+                       f"{reason}; gave up after {self.options.infra_retries} infrastructure retries", retry=False)
+            return
+        self.report.infra_retried += 1
+        log.warning("job %s: %s; retrying in %.1f s", flight.job_id, reason, delay)
+        self._emit(flight, "retry", error=reason)
+
     def _fail(self, job_id: int, sweep_ids: tuple[int, ...], step: int, error: str, *, retry: bool) -> None:
         try:
             with session_scope(self._url) as s:
@@ -372,9 +446,9 @@ class Scheduler:
     def _renew(self, s: Any | None = None) -> None:
         """One UPDATE extends the leases of every in-flight job (in `s`'s transaction when given)."""
         self._next_renew = time.monotonic() + self._renew_every
-        if not self._inflight:
+        if not self._inflight and not self._infra.waiting:
             return
-        ids = [f.job_id for f in self._inflight.values()]
+        ids = [f.job_id for f in self._inflight.values()] + self._infra.job_ids()
         if s is None:
             with session_scope(self._url) as s:
                 held = repo.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
@@ -383,28 +457,43 @@ class Scheduler:
         if held < len(ids):
             log.warning("%d of %d leases were lost (expired or cancelled)", len(ids) - held, len(ids))
 
-    def _statuses(self, s: Any | None = None) -> dict[int, str]:
+    def _statuses(self, s: Any | None = None) -> dict[int, tuple[str, str | None]]:
         self._next_check = time.monotonic() + self._check_every
-        if not self._inflight:
+        ids = [f.job_id for f in self._inflight.values()] + self._infra.job_ids()
+        if not ids:
             return {}
-        ids = [f.job_id for f in self._inflight.values()]
         if s is None:
             with session_scope(self._url) as s:
-                return claims.statuses(s, ids)
-        return claims.statuses(s, ids)
+                return claims.holders(s, ids)
+        return claims.holders(s, ids)
 
-    def _check_cancelled(self, current: dict[int, str] | None = None) -> None:
-        """Cancel the Ray tasks of jobs that `llc cancel` (or another scheduler) took away."""
+    def _check_cancelled(self, current: dict[int, tuple[str, str | None]] | None = None) -> None:
+        """Stop our copies of jobs that `llc cancel` cancelled or that another scheduler took over
+        (our lease expired and the job was released and claimed again): one copy runs, not two."""
         if current is None:
             current = self._statuses()
         if not current:
             return
-        for ref, flight in list(self._inflight.items()):
-            if current.get(flight.job_id) == JobStatus.CANCELLED:
-                ray.cancel(ref, force=True)
-                del self._inflight[ref]
+        gone = {job_id for job_id, (status, owner) in current.items()
+                if status == JobStatus.CANCELLED or owner != self.owner}
+        if not gone:
+            return
+        stopped = [(ref, f) for ref, f in self._inflight.items() if f.job_id in gone]
+        for ref, _ in stopped:
+            ray.cancel(ref, force=True)
+            del self._inflight[ref]
+        for job_id in gone:
+            if (flight := self._infra.drop(job_id)) is not None:
+                stopped.append((None, flight))
+        for _, flight in stopped:
+            if current[flight.job_id][0] == JobStatus.CANCELLED:
                 self.report.cancelled += 1
                 self._emit(flight, "cancelled")
+            else:
+                self.report.taken_over += 1
+                log.warning("job %s is no longer ours (%s, owner %s); stopped our copy", flight.job_id,
+                            *current[flight.job_id])
+                self._emit(flight, "lost", error="taken over by another scheduler")
 
     def _emit(self, flight: _Flight, status: str, *, llc_mean: float | None = None, error: str | None = None) -> None:
         if self._on_event is not None:
@@ -421,9 +510,10 @@ class Scheduler:
         for ref in list(self._inflight):
             ray.cancel(ref, force=True)
         self._inflight.clear()
+        self._infra.clear()
         try:
             with session_scope(self._url) as s:
-                repo.release_owner_jobs(s, owner=self.owner)
+                self.report.handed_back = repo.release_owner_jobs(s, owner=self.owner)
         except Exception as exc:  # the store may be the thing that failed
             log.warning("could not hand back this scheduler's jobs (%s); their leases will expire", exc)
         self._followup.drain()

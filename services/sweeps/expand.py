@@ -47,7 +47,7 @@ def sampler_points(grid: SamplerGrid) -> list[dict[str, Any]]:
 
 
 def expand_sweep(cfg: LLCConfig, checkpoints: Sequence[CheckpointLike], *, storage_uri: str,
-                 estimator_version: str) -> list[PlannedJob]:
+                 estimator_version: str, dataset_fingerprint: str | None = None) -> list[PlannedJob]:
     """One job per checkpoint × sampler point × seed, each with its job key and JobSpec JSON."""
     from workers.job import DatasetSpec, JobSpec, SamplerSpec
 
@@ -65,7 +65,8 @@ def expand_sweep(cfg: LLCConfig, checkpoints: Sequence[CheckpointLike], *, stora
             for seed in sweep.seeds:
                 spec = JobSpec(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, step=ref.step, dataset=dataset,
                                sampler=sampler, seed=int(seed), device=sweep.device, num_threads=num_threads,
-                               sample_params=sample_params, compile=sweep.compile)
+                               sample_params=sample_params, compile=sweep.compile,
+                               dataset_fingerprint=dataset_fingerprint)
                 key = job_key(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, dataset=asdict(dataset),
                               sampler=hyper, seed=int(seed), estimator_version=estimator_version)
                 jobs.append(PlannedJob(checkpoint=ref, key=key, hyperparameters=hyper, seed=int(seed),

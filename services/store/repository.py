@@ -31,6 +31,17 @@ from services.core.status import (
 from services.store.models import Checkpoint, Job, Result, Stage, Sweep, SweepJob, TrainingRun, utcnow
 
 _CHUNK = 500  # rows per IN (...) / multi-row INSERT: under SQLite's and Postgres' parameter limits
+#: pg_advisory_xact_lock key serialising "which sweeps need this job" changes (submit vs cancel)
+_MEMBERSHIP_LOCK = 0x11C5_0001
+
+
+def _serialize_membership(session: Session) -> None:
+    """Submit and cancel take turns (Postgres): without it, cancelling sweep A while sweep B,
+    sharing A's jobs, commits cancels B's jobs too and B waits forever. Every statement after the
+    lock sees the other's committed rows (READ COMMITTED). SQLite's BEGIN IMMEDIATE already
+    serialises writers."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(_MEMBERSHIP_LOCK)))
 
 
 def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
@@ -201,6 +212,7 @@ def add_jobs(session: Session, *, sweep: Sweep, jobs: Sequence[NewJob]) -> AddJo
     if sweep.status == SweepStatus.CANCELLED:
         raise JobStateError(f"sweep {sweep.id} ({sweep.name}) is cancelled; submit a new sweep instead of adding jobs to it.")
     session.flush()
+    _serialize_membership(session)
     by_key: dict[str, NewJob] = {}
     duplicates = 0
     for job in jobs:
@@ -334,6 +346,7 @@ def cancel_sweep(session: Session, *, sweep_id: int) -> list[int]:
     Returns the ids of the jobs cancelled (running ones included, so the scheduler can cancel
     their Ray tasks); results a cancelled running job later reports are refused.
     """
+    _serialize_membership(session)
     sweep = get_sweep(session, sweep_id=sweep_id)
     now = utcnow()
     session.execute(update(Sweep).where(Sweep.id == sweep.id).values(status=SweepStatus.CANCELLED, updated_at=now, finished_at=now))

@@ -81,5 +81,6 @@ def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Any | None, requeste
                       f"{report.failed} failed")
     with console.status(f"aggregating sweep {outcome.sweep_id}: λ̂ curves, stages, plots"):
         aggregate = aggregate_sweep(sweep_id=outcome.sweep_id, database_url=ends.database_url, tracker=tracker,
+                                    storage_uri=ends.storage_uri,
                                     log_to_mlflow=tracker is not None)
     return RunOutcome(sweep_id=outcome.sweep_id, submitted=outcome, scheduler=report, aggregate=aggregate)

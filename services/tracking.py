@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 
 from services.core.numbers import chunks, finite_or_none
 from services.core.paths import llc_home
+from services.store.db import session_scope
+from services.store.sweeps import get_sweep, set_sweep_mlflow_run
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -196,16 +198,21 @@ class Tracker:
         return run_id
 
     def log_job(self, *, parent_run_id: str, job_key: str, step: int, params: dict, result: JobResult | dict,
-                existing_run_id: str | None = None) -> str:
-        """One job's child run. A job whose run already finished keeps that run untouched
-        (same key = same result); a half-logged run is marked failed and logged afresh."""
+                existing_run_id: str | None = None, sweep_id: int | None = None) -> str:
+        """One job's child run (per sweep when `sweep_id` is given: a job shared by several sweeps
+        gets a child under each, tagged with that sweep's id). Found by tag before one is created,
+        so a retry never duplicates: a finished run is kept untouched (same key = same result);
+        a half-logged run is marked failed and logged afresh."""
         from mlflow.entities import Metric, Param, RunTag
 
         existing = self._live_run(existing_run_id)
         parent = self._call(lambda: self.client.get_run(parent_run_id))
         exp_id = parent.info.experiment_id
         if existing is None:
-            matches = self._find_runs(exp_id, f"tags.`{TAG_JOB_KEY}` = '{job_key}'")
+            where = f"tags.`{TAG_JOB_KEY}` = '{job_key}'"
+            if sweep_id is not None:
+                where += f" and tags.`{TAG_SWEEP_ID}` = '{sweep_id}'"
+            matches = self._find_runs(exp_id, where)
             finished = [r for r in matches if r.info.status == "FINISHED"]
             existing = finished[0] if finished else (matches[0] if matches else None)
         if existing is not None:
@@ -214,8 +221,10 @@ class Tracker:
             self._call(lambda: self.client.set_terminated(existing.info.run_id, status="FAILED"))
 
         data = _as_mapping(result)
-        run = self._call(lambda: self.client.create_run(exp_id, run_name=f"step{step}-{job_key[:8]}", tags={
-            TAG_PARENT: parent_run_id, TAG_JOB_KEY: job_key, TAG_KIND: "job"}))
+        run_tags = {TAG_PARENT: parent_run_id, TAG_JOB_KEY: job_key, TAG_KIND: "job"}
+        if sweep_id is not None:
+            run_tags[TAG_SWEEP_ID] = str(sweep_id)
+        run = self._call(lambda: self.client.create_run(exp_id, run_name=f"step{step}-{job_key[:8]}", tags=run_tags))
         run_id = run.info.run_id
         now = int(time.time() * 1000)
 
@@ -229,7 +238,7 @@ class Tracker:
         tags += [RunTag(f"llc.{k}", str(v)[:5000]) for k, v in how.items() if v]
 
         metrics: list[Any] = []
-        for key in ("llc_mean", "llc_std", "init_loss", "baseline_loss", "nbeta", "n", "wall_time_s"):
+        for key in ("llc_mean", "llc_std", "init_loss", "loss_wstar", "baseline_loss", "nbeta", "n", "wall_time_s"):
             value = _finite(data.get(key))
             if value is not None:
                 metrics.append(Metric(key, value, now, 0))
@@ -250,6 +259,10 @@ class Tracker:
         self._log_batch(run_id, metrics=metrics, params=param_objs, tags=tags)
         self._call(lambda: self.client.set_terminated(run_id, status="FINISHED"))
         return run_id
+
+    def end_run(self, run_id: str, *, status: str) -> None:
+        """End a run (the sweep's parent) with FINISHED, FAILED or KILLED, as its sweep ended."""
+        self._call(lambda: self.client.set_terminated(run_id, status=status))
 
     def log_aggregate(self, *, parent_run_id: str, series: dict[str, list[tuple[int, float]]],
                       artifacts: Sequence[Path], existing_run_id: str | None = None) -> str:
@@ -312,16 +325,11 @@ def sweep_parent_run(tracker: Tracker, *, sweep_id: int, database_url: str) -> s
 
     The scheduler's follow-up thread and the aggregator both need it; one place keeps the
     store and MLflow agreeing on which run is the sweep's."""
-    from services.store import repository as repo
-    from services.store.db import session_scope
-
     with session_scope(database_url) as s:
-        sweep = repo.get_sweep(s, sweep_id=sweep_id)
-        name, config, existing = sweep.name, dict(sweep.config or {}), sweep.mlflow_run_id
-        run_uri = sweep.training_run.uri if sweep.training_run is not None else ""
-    run_id = tracker.sweep_run(sweep_id=sweep_id, sweep_name=name, training_run=run_uri, config=config,
-                               existing_run_id=existing)
-    if run_id != existing:
+        sweep = get_sweep(s, sweep_id=sweep_id)
+    run_id = tracker.sweep_run(sweep_id=sweep_id, sweep_name=sweep.name, training_run=sweep.training_run_uri or "",
+                               config=sweep.config, existing_run_id=sweep.mlflow_run_id)
+    if run_id != sweep.mlflow_run_id:
         with session_scope(database_url) as s:
-            repo.set_sweep_mlflow_run(s, sweep_id=sweep_id, run_id=run_id)
+            set_sweep_mlflow_run(s, sweep_id=sweep_id, run_id=run_id)
     return run_id

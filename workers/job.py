@@ -114,12 +114,14 @@ class JobResult:
     host: str
     estimator_version: str
     extra: dict[str, Any] = field(default_factory=dict)   # path, fallback reason, checkpoint step
+    loss_wstar: float | None = None        # L_n(w*) on the whole dataset (init_loss is L_m(w*) on one batch)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe (strict JSON: NaN/inf become null, as Postgres JSONB requires)."""
         d = asdict(self)
         for key in ("llc_mean", "llc_std", "init_loss", "baseline_loss", "nbeta", "wall_time_s"):
             d[key] = _json_float(d[key])
+        d["loss_wstar"] = None if self.loss_wstar is None else _json_float(self.loss_wstar)
         d["llc_per_chain"] = [_json_float(x) for x in self.llc_per_chain]
         d["loss_trace"] = [[_json_float(x) for x in row] for row in self.loss_trace]
         d["diagnostics"] = {k: (v if isinstance(v, bool) or v is None else _json_float(v))
@@ -136,6 +138,7 @@ class JobResult:
         d["n"], d["num_chains"], d["num_draws"] = int(d["n"]), int(d["num_chains"]), int(d["num_draws"])
         d["diverged"] = bool(d["diverged"])
         d.setdefault("extra", {})
+        d["loss_wstar"] = None if d.get("loss_wstar") is None else _nan(d["loss_wstar"])
         return cls(**d)
 
 

@@ -18,7 +18,7 @@ from services.core.labels import setting_labels
 from services.core.numbers import finite_or_none
 from services.core.status import JobStatus
 from services.store.jobkey import setting_key
-from services.store.repository import ResultRow
+from services.store.entities import ResultRow
 
 
 
@@ -33,7 +33,7 @@ class CheckpointPoint:
     llc_sem: float            # llc_std / sqrt(estimates): the uncertainty of llc_mean
     n_estimates: int          # chains × seeds pooled
     n_jobs: int               # seeds
-    init_loss: float | None   # L_n(w*) at the checkpoint, mean over jobs
+    loss_wstar: float | None  # L_n(w*) at the checkpoint (init_loss for results without it), mean over jobs
     r_hat_max: float | None   # worst R-hat over the seeds' jobs (None if any job lacks one)
 
 
@@ -79,12 +79,12 @@ def _point(step: int, rows: list[ResultRow]) -> CheckpointPoint | None:
     std = float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
     if arr.size == 1 or not math.isfinite(std):
         std = finite_or_none(rows[0].llc_std) or float("nan")  # one chain: the job's own spread estimate
-    losses = [v for v in (finite_or_none(r.init_loss) for r in rows) if v is not None]
+    losses = [v for v in (finite_or_none(r.loss_at_wstar) for r in rows) if v is not None]
     rhats = [finite_or_none((r.diagnostics or {}).get("r_hat")) for r in rows]
     return CheckpointPoint(
         step=step, checkpoint_uri=rows[0].checkpoint_uri, llc_mean=float(arr.mean()), llc_std=std,
         llc_sem=std / math.sqrt(arr.size) if math.isfinite(std) else float("nan"),
-        n_estimates=int(arr.size), n_jobs=len(rows), init_loss=float(np.mean(losses)) if losses else None,
+        n_estimates=int(arr.size), n_jobs=len(rows), loss_wstar=float(np.mean(losses)) if losses else None,
         r_hat_max=None if any(r is None for r in rhats) else float(max(rhats)),  # type: ignore[type-var]
     )
 

@@ -44,6 +44,7 @@ class AggregateReport:
     loss_source: str                              # which loss typed the stages
     plots: list[Path] = field(default_factory=list)
     artifacts: list[Path] = field(default_factory=list)
+    artifact_uris: list[str] = field(default_factory=list)   # the same files in the object store
     parent_run_id: str | None = None
     mlflow_run_id: str | None = None
     tracking_error: str | None = None
@@ -117,8 +118,8 @@ class AggregateReport:
         stab_path = self.out_dir / "stability.csv"
         with stab_path.open("w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["setting", "step", "llc_mean", "llc_std", "n_estimates", "init_loss", "r_hat_max"])
+            writer.writerow(["setting", "step", "llc_mean", "llc_std", "n_estimates", "loss_wstar", "r_hat_max"])
             for curve in self.curves:
                 for p in curve.points:
-                    writer.writerow([curve.label, p.step, p.llc_mean, p.llc_std, p.n_estimates, p.init_loss, p.r_hat_max])
+                    writer.writerow([curve.label, p.step, p.llc_mean, p.llc_std, p.n_estimates, p.loss_wstar, p.r_hat_max])
         return [csv_path, json_path, stab_path]

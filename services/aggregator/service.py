@@ -22,6 +22,11 @@ from services.aggregator.report import AggregateReport, SettingStage
 from services.aggregator.stability import assess, recommend
 from services.aggregator.stages import StageDetection, detect_stages
 from services.core.paths import llc_home
+from services.store.db import ensure_schema, session_scope
+from services.store.entities import StageRow
+from services.store.results import sweep_results
+from services.store.stages import replace_stages
+from services.store.sweeps import get_sweep
 from services.tracking import Tracker, TrackingUnavailable, sweep_parent_run
 
 METADATA_FILE = "metadata.json"
@@ -65,7 +70,7 @@ def _metadata_by_step(rows: Sequence[Any], notes: list[str]) -> dict[int, dict[s
                 seen[uri] = read_checkpoint_metadata(uri)
             except Exception as exc:
                 notes.append(f"checkpoint metadata not read ({' '.join(str(exc).split())[:200]}); "
-                             "stages are typed by the results' init_loss")
+                             "stages are typed by the results' loss_wstar")
                 return {}
         if seen[uri]:
             out[int(row.step)] = seen[uri]  # type: ignore[assignment]
@@ -73,16 +78,16 @@ def _metadata_by_step(rows: Sequence[Any], notes: list[str]) -> dict[int, dict[s
 
 
 def _loss_series(curves: Sequence[SettingCurve], metadata: dict[int, dict[str, float]]) -> dict[str, tuple[list[float], list[float]]]:
-    """Every loss known per checkpoint: init_loss from the results, metadata.json fields."""
+    """Every loss known per checkpoint: loss_wstar from the results, metadata.json fields."""
     init: dict[int, list[float]] = defaultdict(list)
     for c in curves:
         for p in c.points:
-            if p.init_loss is not None:
-                init[p.step].append(p.init_loss)
+            if p.loss_wstar is not None:
+                init[p.step].append(p.loss_wstar)
     series: dict[str, tuple[list[float], list[float]]] = {}
     if init:
         steps = sorted(init)
-        series["init_loss"] = ([float(s) for s in steps], [float(np.mean(init[s])) for s in steps])
+        series["loss_wstar"] = ([float(s) for s in steps], [float(np.mean(init[s])) for s in steps])
     names = sorted({k for m in metadata.values() for k in m if "loss" in k})
     for name in names:
         steps = sorted(s for s, m in metadata.items() if name in m)
@@ -91,7 +96,7 @@ def _loss_series(curves: Sequence[SettingCurve], metadata: dict[int, dict[str, f
 
 
 def _pick_loss(series: dict[str, tuple[list[float], list[float]]]) -> str | None:
-    for name in (*LOSS_PREFERENCE, "init_loss"):
+    for name in (*LOSS_PREFERENCE, "loss_wstar"):
         if name in series and len(series[name][0]) >= 2:
             return name
     return None
@@ -103,13 +108,13 @@ def _slug(text: str) -> str:
 
 def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None = None,
                     out_dir: Path | None = None, log_to_mlflow: bool = True, z: float = 3.0,
-                    r_hat_threshold: float = 1.1, max_rel_spread: float = 0.5) -> AggregateReport:
+                    r_hat_threshold: float = 1.1, max_rel_spread: float = 0.5,
+                    storage_uri: str | None = None) -> AggregateReport:
     """Aggregate one sweep; MLflow only with a `tracker` and `log_to_mlflow`. An
     unreachable tracking server does not lose the work: stages are stored and files written,
-    and the report's `tracking_error` says what failed. Step 0 is kept (fits use log(step+1))."""
-    from services.store import ensure_schema, session_scope
-    from services.store.repository import StageRow, get_sweep, replace_stages, sweep_results
-
+    and the report's `tracking_error` says what failed. Step 0 is kept (fits use log(step+1)).
+    With `storage_uri`, plots and stage files are also put under `<storage>/aggregates/sweep-<id>/`
+    so a team finds them where its checkpoints are, not on one machine's disk."""
     ensure_schema(database_url)
     with session_scope(database_url) as session:
         sweep = get_sweep(session, sweep_id=sweep_id)
@@ -127,9 +132,9 @@ def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None
         if len(curve.points) < 2:
             continue
         steps, mean, _, sem = curve.arrays()
-        if loss_name == "init_loss":  # this setting's own L_n(w*) per checkpoint
-            lsteps = [p.step for p in curve.points if p.init_loss is not None]
-            lvals = [p.init_loss for p in curve.points if p.init_loss is not None]
+        if loss_name == "loss_wstar":  # this setting's own L_n(w*) per checkpoint
+            lsteps = [p.step for p in curve.points if p.loss_wstar is not None]
+            lvals = [p.loss_wstar for p in curve.points if p.loss_wstar is not None]
         elif loss_name is not None:
             lsteps, lvals = losses[loss_name]
         else:
@@ -160,6 +165,13 @@ def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None
         counts=dict(counts), loss_source=loss_name or "none", notes=notes)
     _write_plots(report, losses, loss_name)
     report.artifacts = [*report.plots, *report.write_stage_files()]
+    if storage_uri:
+        from workers.objectstore import ObjectStoreError
+
+        try:
+            report.artifact_uris = _upload(report.artifacts, storage_uri=storage_uri, sweep_id=sweep_id)
+        except ObjectStoreError as exc:   # the local files and MLflow still have them
+            notes.append(f"plots not copied to the object store: {exc}")
 
     if log_to_mlflow and tracker is not None:
         try:
@@ -172,9 +184,18 @@ def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None
     return report
 
 
+def _upload(paths: list[Path], *, storage_uri: str, sweep_id: int) -> list[str]:
+    from workers.objectstore import join_uri, open_store
+
+    store = open_store(join_uri(storage_uri, "aggregates", f"sweep-{sweep_id}"))
+    for path in paths:
+        store.upload(path, path.name)
+    return [join_uri(store.uri, p.name) for p in paths]
+
+
 def _write_plots(report: AggregateReport, losses: dict[str, tuple[list[float], list[float]]],
                  loss_name: str | None) -> None:
-    shown: LossSeries = {k: v for k, v in losses.items() if k in {loss_name, "init_loss", "in_context_loss"}}
+    shown: LossSeries = {k: v for k, v in losses.items() if k in {loss_name, "loss_wstar", "in_context_loss"}}
     for i, curve in enumerate(report.curves):
         if not curve.points:
             continue

@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "services.cli.doctor",
     "services.cli.nightly",
     "services.cli.sweeps",
+    "services.cli.sync",
     "services.cli.train_demo",
 )
 

@@ -33,14 +33,14 @@ def register(subparsers: Any) -> None:
 
 def resolve_sweep_id(sweep: str, database_url: str) -> int:
     """An id as given, or the newest sweep with that name."""
-    from services.store import ensure_schema, session_scope
-    from services.store.repository import list_sweeps
+    from services.store.db import ensure_schema, session_scope
+    from services.store.sweeps import list_sweeps
 
     if sweep.isdigit():
         return int(sweep)
     ensure_schema(database_url)
     with session_scope(database_url) as session:
-        matches = [s for s in list_sweeps(session) if s.name == sweep]
+        matches = list_sweeps(session, name=sweep)
     if not matches:
         raise UserError(f"there is no sweep named {sweep!r}; run `llc status` to list the sweeps, or give its id.")
     return max(matches, key=lambda s: (s.created_at, s.id)).id
@@ -65,6 +65,8 @@ def print_report(report: Any) -> None:
         console.print(f"note: {note}")
     for path in report.plots:
         console.print(f"plot: {path}")
+    for uri in report.artifact_uris:
+        console.print(f"stored: {uri}")
     if report.mlflow_run_id:
         console.print(f"MLflow aggregate run: {report.mlflow_run_id} (parent {report.parent_run_id})")
 
@@ -78,7 +80,8 @@ def _aggregate(args: argparse.Namespace) -> int:
     sweep_id = resolve_sweep_id(args.sweep, url)
     tracker = None if args.no_mlflow else Tracker(ends.tracking_uri)
     report = aggregate_sweep(sweep_id=sweep_id, database_url=url, out_dir=args.out_dir, tracker=tracker,
-                             log_to_mlflow=tracker is not None, z=args.z, r_hat_threshold=args.r_hat)
+                             log_to_mlflow=tracker is not None, z=args.z, r_hat_threshold=args.r_hat,
+                             storage_uri=ends.storage_uri)
     print_report(report)
     if report.tracking_error:
         raise UserError(f"{report.tracking_error} (stages are stored and plots written under {report.out_dir})")

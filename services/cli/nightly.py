@@ -78,7 +78,7 @@ def _run_scheduler(args: argparse.Namespace, *, sweep_id: int) -> int:
     started = connect(address=ends.ray_address, num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus)
     try:
         opts = SchedulerOptions(database_url=ends.database_url, sweep_id=sweep_id, until_idle=True,
-                                max_in_flight=max_in_flight(None, 1.0))
+                                max_in_flight=max_in_flight(None, 1.0), storage_uri=ends.storage_uri)
         scheduler = Scheduler(opts, tracker=tracker)
         with graceful_stop(scheduler.stop):
             report = scheduler.run()

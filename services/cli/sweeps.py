@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from typing import Any
 
@@ -64,6 +65,9 @@ def _scheduler_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--infra-retries", type=int, default=5, metavar="N",
                    help="retries with backoff of a job hit by infrastructure faults (lost worker, OOM, S3 away, full "
                         "disk); they do not use up --max-attempts")
+    p.add_argument("--outage-budget", type=float, default=600.0, metavar="S",
+                   help="how long an unreachable store is waited out (Ray tasks keep running, fetched results are "
+                        "spooled to $LLC_HOME/spool) before the scheduler gives up with exit code 3")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
 
@@ -128,6 +132,7 @@ def _scheduler(args: argparse.Namespace) -> int:
 
     from services.scheduler.cluster import connect, disconnect
     from services.scheduler.loop import Scheduler, SchedulerOptions
+    from services.scheduler.outage import StoreOutage
     from services.scheduler.signals import graceful_stop
 
     _logging(args.verbose)
@@ -137,13 +142,19 @@ def _scheduler(args: argparse.Namespace) -> int:
     opts = SchedulerOptions(database_url=ends.database_url, max_in_flight=args.max_in_flight or 1,
                             lease_seconds=args.lease_seconds, poll_seconds=args.poll_seconds, sweep_id=args.sweep,
                             until_idle=args.until_idle, once=args.once, max_attempts=args.max_attempts,
-                            infra_retries=args.infra_retries)
+                            infra_retries=args.infra_retries, storage_uri=ends.storage_uri,
+                            outage_budget_s=args.outage_budget)
     started = connect(address=ends.ray_address, num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus)
     try:
         opts = dataclasses.replace(opts, max_in_flight=_max_in_flight(args.max_in_flight, 1.0))
         scheduler = Scheduler(opts, tracker=_tracker(ends.tracking_uri, args.no_tracking))
         with graceful_stop(scheduler.stop) as received:
-            report = scheduler.run()
+            try:
+                report = scheduler.run()
+            except StoreOutage as exc:
+                print(f"llc: error: {exc}", file=sys.stderr)
+                print(scheduler.report.summary(), flush=True)
+                return 3
         report.stopped_by = received[0] if received else None
     finally:
         disconnect(started)
@@ -151,7 +162,7 @@ def _scheduler(args: argparse.Namespace) -> int:
     return report.exit_code()
 
 
-def _split_sweep_arg(args: argparse.Namespace) -> tuple[int | None, list[str]]:
+def split_sweep_arg(args: argparse.Namespace) -> tuple[int | None, list[str]]:
     overrides = list(args.overrides)
     sweep = args.sweep
     if isinstance(sweep, str) and "=" in sweep:
@@ -168,11 +179,14 @@ def _split_sweep_arg(args: argparse.Namespace) -> tuple[int | None, list[str]]:
 def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from services.store import repository as repo
+    from services.store import results as store_results
+    from services.store import schedulers as store_schedulers
+    from services.store import sweeps as store_sweeps
     from services.store.db import check_schema, session_scope
+    from services.store.models import utcnow
     from services.sweeps import views
 
-    sweep_id, overrides = _split_sweep_arg(args)
+    sweep_id, overrides = split_sweep_arg(args)
     url = _endpoints(overrides).database_url
     check_schema(url)
     console = Console()
@@ -180,20 +194,22 @@ def _status(args: argparse.Namespace) -> int:
         return _watch(url, sweep_id, args.interval, console)
     with session_scope(url) as s:
         if sweep_id is None:
-            sweeps = repo.list_sweeps(s)
+            sweeps = store_sweeps.list_sweeps(s)
             if not sweeps:
                 console.print("no sweeps yet; submit one with `llc submit sweep=demo`")
                 return 0
-            console.print(views.sweeps_table(sweeps, {sw.id: repo.sweep_counts(s, sweep_id=sw.id) for sw in sweeps}))
+            counts = store_sweeps.all_sweep_counts(s, sweep_ids=[sw.id for sw in sweeps])
+            console.print(views.sweeps_table(sweeps, counts))
+            console.print(views.schedulers_table(store_schedulers.list_schedulers(s), utcnow()))
             return 0
-        sweep = repo.get_sweep(s, sweep_id=sweep_id)
-        console.print(views.sweep_detail(sweep, repo.sweep_counts(s, sweep_id=sweep_id),
-                                         repo.sweep_results(s, sweep_id=sweep_id)))
+        sweep = store_sweeps.get_sweep(s, sweep_id=sweep_id)
+        console.print(views.sweep_detail(sweep, store_sweeps.sweep_counts(s, sweep_id=sweep_id),
+                                         store_results.sweep_results(s, sweep_id=sweep_id)))
     return 0
 
 
 def _watch(url: str, sweep_id: int | None, interval: float, console: Any) -> int:
-    from services.store import repository as repo
+    from services.store import sweeps as store_sweeps
     from services.store.db import session_scope
     from services.sweeps import views
 
@@ -201,11 +217,11 @@ def _watch(url: str, sweep_id: int | None, interval: float, console: Any) -> int
     with views.progress_bars() as progress:
         while True:
             with session_scope(url) as s:
-                sweeps = [repo.get_sweep(s, sweep_id=sweep_id)] if sweep_id is not None else [
-                    sw for sw in repo.list_sweeps(s) if sw.status in ACTIVE_SWEEP_STATUSES]
+                sweeps = [store_sweeps.get_sweep(s, sweep_id=sweep_id)] if sweep_id is not None else [
+                    sw for sw in store_sweeps.list_sweeps(s) if sw.status in ACTIVE_SWEEP_STATUSES]
                 active = 0
                 for sw in sweeps:
-                    c = repo.sweep_counts(s, sweep_id=sw.id)
+                    c = store_sweeps.sweep_counts(s, sweep_id=sw.id)
                     total = sum(c.values())
                     done = sum(c[k] for k in TERMINAL_STATUSES)
                     detail = f"running {c['running']} · failed {c['failed']} · diverged {c['diverged']}"
@@ -219,13 +235,13 @@ def _watch(url: str, sweep_id: int | None, interval: float, console: Any) -> int
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    from services.store import repository as repo
     from services.store.db import check_schema, session_scope
+    from services.store.sweeps import cancel_sweep
 
     url = _endpoints(args.overrides).database_url
     check_schema(url)
     with session_scope(url) as s:
-        ids = repo.cancel_sweep(s, sweep_id=args.sweep)
+        ids = cancel_sweep(s, sweep_id=args.sweep)
     print(f"sweep {args.sweep} cancelled: {len(ids)} pending/running job(s) cancelled "
           "(schedulers cancel the running Ray tasks within a second)")
     return 0

@@ -14,20 +14,27 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray import exceptions as rex
 
 from services.core.errors import ConfigError
-from services.scheduler import claims, feasibility
+from services.core.paths import llc_home
+from services.scheduler import feasibility
 from services.scheduler.faults import InfraRetries, is_infrastructure
+from services.scheduler.outage import DEFAULT_OUTAGE_BUDGET_S, STORE_ERRORS, OutageClock, Spool, replay_spools
 from services.scheduler.cluster import has_gpus
 from services.scheduler.followup import FinishedJob, FollowUp
 from services.scheduler.task import remote_execute_job
-from services.store import repository as repo
+from services.store import jobs as store_jobs
+from services.store import schedulers as store_schedulers
+from services.store import sweeps as store_sweeps
 from services.store.db import ensure_schema, session_scope
+from services.store.entities import JobInfo, NewResult, RecordedResults
 from services.store.errors import JobStateError
+from services.store.results import record_results
 from services.core.status import JobStatus
 from services.sweeps.expand import spec_from_dict
 
@@ -64,6 +71,9 @@ class SchedulerOptions:
     infra_backoff_s: float = 1.0       # first delay; doubles per retry, capped at 60 s
     ray_max_retries: int = 0           # Ray's own retries of a task whose worker died (part of infra_retries)
     owner: str | None = None
+    storage_uri: str | None = None     # where aggregation puts plots too (besides $LLC_HOME and MLflow)
+    outage_budget_s: float = DEFAULT_OUTAGE_BUDGET_S   # how long an unreachable store is waited out
+    spool_dir: Path | None = None      # fetched results kept here during a store outage ($LLC_HOME/spool)
 
     def __post_init__(self) -> None:
         checks = (("--lease-seconds", self.lease_seconds, self.lease_seconds > 0, "a positive number of seconds"),
@@ -73,7 +83,8 @@ class SchedulerOptions:
                   ("--infra-retries", self.infra_retries, self.infra_retries >= 0, "0 or more"),
                   ("ray_max_retries", self.ray_max_retries,
                    0 <= self.ray_max_retries <= self.infra_retries, "between 0 and --infra-retries"),
-                  ("infra_backoff_s", self.infra_backoff_s, self.infra_backoff_s >= 0, "0 or more seconds"))
+                  ("infra_backoff_s", self.infra_backoff_s, self.infra_backoff_s >= 0, "0 or more seconds"),
+                  ("--outage-budget", self.outage_budget_s, self.outage_budget_s >= 0, "0 or more seconds"))
         for flag, value, ok, want in checks:
             if not ok or value != value:   # NaN compares unequal to itself
                 raise ConfigError(f"{flag}={value} is invalid: it must be {want}.")
@@ -103,6 +114,8 @@ class SchedulerReport:
     infra_retried: int = 0             # infrastructure faults retried here (no attempt charged)
     taken_over: int = 0                # our copies stopped because another scheduler holds the job now
     handed_back: int = 0               # running jobs returned to pending at shutdown
+    store_outages: int = 0             # times the store went away and was waited out
+    replayed: int = 0                  # results of a dead scheduler's spool stored at start-up
     stopped_by: str | None = None      # the signal that stopped this scheduler, if any
     finished_sweeps: list[int] = field(default_factory=list)
     aggregated_sweeps: list[int] = field(default_factory=list)
@@ -146,12 +159,16 @@ class Scheduler:
     """One Ray driver. `run()` blocks until stopped, idle (`until_idle`) or done (`once`)."""
 
     def __init__(self, options: SchedulerOptions, *, tracker: Any | None = None, aggregate: bool = True,
-                 on_event: Callable[[JobEvent], None] | None = None) -> None:
+                 on_event: Callable[[JobEvent], None] | None = None, task: Any = None) -> None:
+        """`task`: the Ray remote function a job runs as (default: services.scheduler.task.remote_execute_job;
+        tests wrap it, e.g. to have a worker die on its first attempt)."""
         self.options = options
+        self._task = task if task is not None else remote_execute_job
         self.owner = options.owner or default_owner()
         self.report = SchedulerReport(owner=self.owner)
         self._url = options.database_url
-        self._followup = FollowUp(database_url=self._url, tracker=tracker, aggregate=aggregate)
+        self._followup = FollowUp(database_url=self._url, tracker=tracker, aggregate=aggregate, owner=self.owner,
+                                  sweep_id=options.sweep_id, storage_uri=options.storage_uri)
         self._on_event = on_event
         self._inflight: dict[ray.ObjectRef, _Flight] = {}
         self._resources: dict[int, dict[str, Any]] = {}
@@ -159,6 +176,11 @@ class Scheduler:
         self._stop = threading.Event()
         self._claimed_once = False
         self._infra = InfraRetries(budget=options.infra_retries, base_s=options.infra_backoff_s)
+        self._outage = OutageClock(budget_s=options.outage_budget_s)
+        self._next_beat = 0.0
+        self._beat_detail: str | None = None
+        self._spool = Spool(options.spool_dir or llc_home() / "spool", self.owner)
+        self._spooled = False
         self._next_release = 0.0
         self._unwritten: list[tuple[_Flight, dict[str, Any]]] = []   # results fetched from Ray, not yet stored
         self._unwritten_since = 0.0
@@ -175,10 +197,12 @@ class Scheduler:
     def run(self) -> SchedulerReport:
         opts = self.options
         ensure_schema(self._url)
+        self._replay_spools()
+        self._followup.start()
         start = time.perf_counter()
         busy = 0.0
         with session_scope(self._url) as s:
-            self.report.released_orphans = repo.release_expired_leases(s, max_attempts=opts.max_attempts)
+            self.report.released_orphans = store_jobs.release_expired_leases(s, max_attempts=opts.max_attempts)
         if self.report.released_orphans:
             log.info("returned %d orphaned job(s) of a dead scheduler to pending", self.report.released_orphans)
         self._renew_every = renew_every = max(0.2, opts.lease_seconds / 3)
@@ -188,55 +212,91 @@ class Scheduler:
         self._claimed_once = False
         try:
             while not self._stop.is_set():
-                t0 = time.perf_counter()
-                # Cancellation checks and lease renewals ride along with result writes when results
-                # arrive often; on their own only when none came for a while.
-                now = time.monotonic()
-                if now >= self._next_check:
-                    self._check_cancelled()
-                if now >= self._next_renew:
-                    self._renew()
-                if now >= self._next_feasible:
-                    self._check_feasible()
-                if now >= self._next_release:
-                    self._release_expired()
-                for flight in self._infra.due(now):
-                    self._resubmit(flight)
-                if self._may_claim():
-                    free = opts.max_in_flight - len(self._inflight)
-                    # Claim in batches so each store round trip serves several jobs, early enough that the
-                    # tasks still queued in Ray keep its CPUs busy while the driver claims and writes.
-                    if free > 0 and (free >= self._claim_batch or not self._inflight):
-                        if self._claim_and_submit(free) or opts.once:
-                            self._claimed_once = True
-                busy += time.perf_counter() - t0
-                if self._inflight:
-                    refs = list(self._inflight)
-                    ready, _ = ray.wait(refs, num_returns=1, timeout=opts.poll_seconds, fetch_local=False)
-                    if ready and len(refs) > 1:
-                        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-                    t1 = time.perf_counter()
-                    self._handle(ready)
-                    busy += time.perf_counter() - t1
-                    continue
-                if opts.once and self._claimed_once and not self._infra.waiting:
-                    break
-                if opts.until_idle:
-                    t1 = time.perf_counter()
-                    with session_scope(self._url) as s:
-                        left = claims.remaining(s, sweep_id=opts.sweep_id)
-                        if left:
-                            # Orphans of a dead scheduler: take them back as soon as their leases expire.
-                            repo.release_expired_leases(s, max_attempts=opts.max_attempts)
-                    busy += time.perf_counter() - t1
-                    if left == 0:
+                try:
+                    t0 = time.perf_counter()
+                    # Cancellation checks and lease renewals ride along with result writes when results
+                    # arrive often; on their own only when none came for a while.
+                    now = time.monotonic()
+                    if now >= self._next_check:
+                        self._check_cancelled()
+                    if now >= self._next_renew:
+                        self._renew()
+                    if now >= self._next_feasible:
+                        self._check_feasible()
+                    if now >= self._next_release:
+                        self._release_expired()
+                    if now >= self._next_beat:
+                        self._heartbeat()
+                    for flight in self._infra.due(now):
+                        self._resubmit(flight)
+                    if self._may_claim():
+                        free = opts.max_in_flight - len(self._inflight)
+                        # Claim in batches so each store round trip serves several jobs, early enough that the
+                        # tasks still queued in Ray keep its CPUs busy while the driver claims and writes.
+                        if free > 0 and (free >= self._claim_batch or not self._inflight):
+                            if self._claim_and_submit(free) or opts.once:
+                                self._claimed_once = True
+                    busy += time.perf_counter() - t0
+                    if self._inflight:
+                        refs = list(self._inflight)
+                        ready, _ = ray.wait(refs, num_returns=1, timeout=opts.poll_seconds, fetch_local=False)
+                        if ready and len(refs) > 1:
+                            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+                        t1 = time.perf_counter()
+                        self._handle(ready)
+                        busy += time.perf_counter() - t1
+                        continue
+                    if opts.once and self._claimed_once and not self._infra.waiting:
                         break
-                self._stop.wait(opts.poll_seconds)
+                    if opts.until_idle:
+                        t1 = time.perf_counter()
+                        with session_scope(self._url) as s:
+                            left = store_jobs.remaining(s, sweep_id=opts.sweep_id)
+                            if left:
+                                # Orphans of a dead scheduler: take them back as soon as their leases expire.
+                                store_jobs.release_expired_leases(s, max_attempts=opts.max_attempts)
+                        busy += time.perf_counter() - t1
+                        if left == 0:
+                            break
+                    self._stop.wait(opts.poll_seconds)
+                except STORE_ERRORS as exc:   # the store is away: wait it out, keep Ray tasks and results
+                    self._store_failed(exc)
+                    continue
+                if self._outage.since is not None:
+                    self._beat_detail = (f"rode out a store outage of {time.monotonic() - self._outage.since:.0f} s "
+                                         f"({self._outage.last_error[:120]})")
+                    self._next_beat = 0.0
+                self._outage.recovered()
         finally:
             self._shutdown()
             self.report.busy_s = busy
             self.report.wall_s = time.perf_counter() - start
         return self.report
+
+    # ------------------------------------------------------------------ store outages
+    def _replay_spools(self) -> None:
+        stored, refused = replay_spools(self._spool.dir, database_url=self._url)
+        if stored or refused:
+            self.report.replayed = stored
+            log.warning("stored %d result(s) spooled by a scheduler that died during a store outage "
+                        "(%d were already stored)", stored, refused)
+
+    def _heartbeat(self, *, state: str = "running") -> None:
+        """Tell `llc status` this scheduler is alive, how much it runs, and any outage it rode out."""
+        self._next_beat = time.monotonic() + max(1.0, self.options.lease_seconds / 3)
+        with session_scope(self._url) as s:
+            store_schedulers.heartbeat(s, owner=self.owner, state=state, in_flight=len(self._inflight),
+                                       detail=self._beat_detail)
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """Keep what was fetched (in memory and spooled), wait with backoff; StoreOutage past the budget."""
+        self._spool.save([(f.job_id, r) for f, r in self._unwritten])
+        self._spooled = bool(self._unwritten)
+        delay = self._outage.failed(exc)      # raises StoreOutage once the budget is spent
+        self.report.store_outages = self._outage.outages
+        # Renew first when the store is back, before anything may release our (expired) leases.
+        self._next_renew = 0.0
+        self._stop.wait(delay)
 
     # ------------------------------------------------------------------ steps
     def _may_claim(self) -> bool:
@@ -247,47 +307,48 @@ class Scheduler:
             claimed = self._claim(s, limit)
         return self._submit(*claimed)
 
-    def _claim(self, s: Any, limit: int) -> tuple[list[tuple[Any, ...]], dict[int, list[int]]]:
+    def _claim(self, s: Any, limit: int) -> tuple[list[JobInfo], dict[int, list[int]]]:
         """Claim up to `limit` jobs in the caller's transaction; submit them once it commits."""
         opts = self.options
-        jobs = repo.claim_jobs(s, owner=self.owner, limit=limit, lease_seconds=opts.lease_seconds, sweep_id=opts.sweep_id)
+        jobs = store_jobs.claim_jobs(s, owner=self.owner, limit=limit, lease_seconds=opts.lease_seconds,
+                                     sweep_id=opts.sweep_id)
         if not jobs:
             return [], {}
-        sweep_map = claims.sweeps_of(s, [j.id for j in jobs])
-        rows = [(j.id, j.key, dict(j.spec), dict(j.hyperparameters), int(j.seed), j.mlflow_run_id) for j in jobs]
+        sweep_map = store_sweeps.sweeps_of_jobs(s, [j.id for j in jobs])
         for sweep_ids in sweep_map.values():
             for sid in sweep_ids:
                 if sid not in self._resources:
-                    self._resources[sid] = claims.sweep_resources(s, sweep_id=sid)
-        return rows, sweep_map
+                    self._resources[sid] = store_sweeps.sweep_resources(s, sweep_id=sid)
+        return jobs, sweep_map
 
-    def _submit(self, rows: list[tuple[Any, ...]], sweep_map: dict[int, list[int]]) -> int:
-        for job_id, key, spec_json, hyper, seed, run_id in rows:
-            sweep_ids = tuple(sweep_map.get(job_id, ()))
+    def _submit(self, jobs: list[JobInfo], sweep_map: dict[int, list[int]]) -> int:
+        for job in jobs:
+            sweep_ids = tuple(sweep_map.get(job.id, ()))
             try:
-                spec = spec_from_dict(spec_json)
+                spec = spec_from_dict(job.spec)
             except (TypeError, KeyError, ValueError) as exc:
-                self._fail(job_id, sweep_ids, int(spec_json.get("step", -1)),
-                           f"job {job_id} has a stored spec this worker version cannot read ({exc}); resubmit the sweep.",
+                self._fail(job.id, sweep_ids, job.step,
+                           f"job {job.id} has a stored spec this worker version cannot read ({exc}); resubmit the sweep.",
                            retry=False)
                 continue
             options = self._task_options(sweep_ids)
-            ref = remote_execute_job.options(**options).remote(spec)
-            self._inflight[ref] = _Flight(job_id=job_id, key=key, step=int(spec.step), seed=seed, hyperparameters=hyper,
-                                          sweep_ids=sweep_ids, mlflow_run_id=run_id,
-                                          demand=feasibility.demand_of(options), spec=spec, options=options)
+            ref = self._task.options(**options).remote(spec)
+            self._inflight[ref] = _Flight(job_id=job.id, key=job.key, step=job.step, seed=job.seed,
+                                          hyperparameters=job.hyperparameters, sweep_ids=sweep_ids,
+                                          mlflow_run_id=job.mlflow_run_id, demand=feasibility.demand_of(options),
+                                          spec=spec, options=options)
             self.report.submitted += 1
-        return len(rows)
+        return len(jobs)
 
     def _resubmit(self, flight: _Flight) -> None:
         """Run a job again after an infrastructure fault: same claim and lease, a fresh Ray task."""
-        self._inflight[remote_execute_job.options(**flight.options).remote(flight.spec)] = flight
+        self._inflight[self._task.options(**flight.options).remote(flight.spec)] = flight
 
     def _release_expired(self) -> None:
         """Every live scheduler returns dead schedulers' jobs, so orphans come back within a lease."""
         self._next_release = time.monotonic() + self.options.lease_seconds / 4
         with session_scope(self._url) as s:
-            n = repo.release_expired_leases(s, max_attempts=self.options.max_attempts)
+            n = store_jobs.release_expired_leases(s, max_attempts=self.options.max_attempts)
         if n:
             self.report.released_orphans += n
             log.info("returned %d job(s) whose lease expired (a dead or stalled scheduler) to pending", n)
@@ -322,7 +383,7 @@ class Scheduler:
         cleared = [i for i in self._notes if i not in notes and i in {f.job_id for f in flights}]
         if changed or cleared:
             with session_scope(self._url) as s:
-                claims.note_jobs(s, owner=self.owner, notes={**changed, **dict.fromkeys(cleared)})
+                store_jobs.note_jobs(s, owner=self.owner, notes={**changed, **dict.fromkeys(cleared)})
         self._notes = notes
 
     def _handle(self, refs: list[ray.ObjectRef]) -> None:
@@ -333,28 +394,19 @@ class Scheduler:
             values = ray.get(refs)  # one round trip for the batch; any error: one by one below
         except Exception:
             values = None
+        failures: list[tuple[_Flight, BaseException]] = []
         for i, (ref, flight) in enumerate(zip(refs, flights, strict=True)):
             try:
                 done.append((flight, values[i] if values is not None else ray.get(ref)))
-            except rex.TaskCancelledError:
-                # Our own cancels drop the flight first: this one was cancelled from outside
-                # (dashboard, `ray` CLI). Hand the job back now rather than when its lease expires.
-                self._fail(flight.job_id, flight.sweep_ids, flight.step,
-                           f"the Ray task of job {flight.job_id} was cancelled outside the scheduler; requeued",
-                           retry=True)
-            except SYSTEM_ERRORS as exc:
-                self._infra_fault(flight, f"the Ray worker running job {flight.job_id} was lost "
-                                          f"({type(exc).__name__})", cost=1 + self.options.ray_max_retries)
-            except rex.RayTaskError as exc:
-                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                if is_infrastructure(cause):
-                    self._infra_fault(flight, _one_line(cause), cost=1)
-                else:
-                    self._fail(flight.job_id, flight.sweep_ids, flight.step, _one_line(cause), retry=False)
+            except (rex.TaskCancelledError, *SYSTEM_ERRORS, rex.RayTaskError) as exc:
+                failures.append((flight, exc))
+        # Results are kept before any store write, so a store outage below loses none of them.
         if done:
             if not self._unwritten:
                 self._unwritten_since = time.monotonic()
             self._unwritten.extend(done)
+        for flight, exc in failures:
+            self._task_failed(flight, exc)
         # Results wait (at most WRITE_DELAY_S) until the window needs a refill, so one transaction
         # writes a batch of them and claims the next batch: Ray runs the queued tasks meanwhile.
         free = self.options.max_in_flight - len(self._inflight)
@@ -363,46 +415,78 @@ class Scheduler:
             self._write()
 
     def _write(self) -> None:
-        done, self._unwritten = self._unwritten, []
+        """Store the fetched results; the same transaction refills the window and does the
+        lease/cancellation checks that are due. The buffer is emptied only once that commits."""
+        done = self._unwritten
         if not done:
             return
-        # One transaction for the batch: one locking read, one multi-row insert, one sweep refresh.
         with session_scope(self._url) as s:
-            outcome = repo.record_results(s, owner=self.owner, results=[
-                repo.NewResult(job_id=f.job_id, result=r, diverged=bool(r.get("diverged"))) for f, r in done])
-            stored_ids = set(outcome.stored)
-            stored = [(f, r) for f, r in done if f.job_id in stored_ids]
-            lost = [(f, outcome.refused[f.job_id]) for f, _ in done if f.job_id not in stored_ids]
-            finished = claims.finished_sweeps(s, sorted({sid for f, _ in stored for sid in f.sweep_ids}))
-            # Refill the window in the same transaction (one connection checkout and commit, not two).
-            free = self.options.max_in_flight - len(self._inflight)
-            may = self._may_claim() and free >= self._claim_batch
-            refill = self._claim(s, free) if may else ([], {})
-            now = time.monotonic()
-            current = self._statuses(s) if now >= self._next_check else None
-            if now >= self._next_renew:
-                self._renew(s)
+            outcome = record_results(s, owner=self.owner, results=[
+                NewResult(job_id=f.job_id, result=r, diverged=bool(r.get("diverged"))) for f, r in done])
+            refill = self._claim(s, self._free()) if self._may_refill() else ([], {})
+            current = self._due_checks(s)
+        self._unwritten = []
+        if self._spooled:
+            self._spool.clear()
+            self._spooled = False
         if current:
             self._check_cancelled(current)
         if refill[0]:
             self._claimed_once = True
             self._submit(*refill)
-        for flight, reason in lost:
-            self.report.lost_lease += 1
-            log.warning("dropping the result of job %s: %s", flight.job_id, reason)
-            self._emit(flight, "lost", error=reason)
-        for flight, result in stored:
-            diverged = bool(result.get("diverged"))
-            if diverged:
+        self._report_written(done, outcome)
+        self._sweeps_finished(list(outcome.finished_sweeps))
+
+    def _free(self) -> int:
+        return self.options.max_in_flight - len(self._inflight)
+
+    def _may_refill(self) -> bool:
+        return self._may_claim() and self._free() >= self._claim_batch
+
+    def _due_checks(self, s: Any) -> dict[int, tuple[str, str | None]] | None:
+        """Lease renewal and the statuses for the cancellation check, when due, in `s`'s transaction."""
+        now = time.monotonic()
+        current = self._statuses(s) if now >= self._next_check else None
+        if now >= self._next_renew:
+            self._renew(s)
+        return current
+
+    def _report_written(self, done: list[tuple[_Flight, dict[str, Any]]], outcome: RecordedResults) -> None:
+        """Counts, events and MLflow follow-ups for a stored batch; refused results are dropped with their reason."""
+        for flight, result in done:
+            reason = outcome.refused.get(flight.job_id)
+            if reason is not None and flight.job_id not in outcome.stored:
+                self.report.lost_lease += 1
+                log.warning("dropping the result of job %s: %s", flight.job_id, reason)
+                self._emit(flight, "lost", error=reason)
+                continue
+            status = JobStatus.DIVERGED if result.get("diverged") else JobStatus.SUCCEEDED
+            if status == JobStatus.DIVERGED:
                 self.report.diverged += 1
             else:
                 self.report.succeeded += 1
-            self._emit(flight, "diverged" if diverged else "succeeded", llc_mean=result.get("llc_mean"))
+            self._emit(flight, str(status), llc_mean=result.get("llc_mean"))
             if flight.sweep_ids:
                 self._followup.job_done(FinishedJob(job_id=flight.job_id, sweep_id=flight.sweep_ids[0], key=flight.key,
                                                     step=flight.step, hyperparameters=flight.hyperparameters,
                                                     seed=flight.seed, result=result, mlflow_run_id=flight.mlflow_run_id))
-        self._sweeps_finished(finished)
+
+    def _task_failed(self, flight: _Flight, exc: BaseException) -> None:
+        """One failed Ray task, by fault class (docs/faults.md)."""
+        if isinstance(exc, rex.TaskCancelledError):
+            # Our own cancels drop the flight first: this one was cancelled from outside
+            # (dashboard, `ray` CLI). Hand the job back now rather than when its lease expires.
+            self._fail(flight.job_id, flight.sweep_ids, flight.step,
+                       f"the Ray task of job {flight.job_id} was cancelled outside the scheduler; requeued", retry=True)
+        elif isinstance(exc, SYSTEM_ERRORS):
+            self._infra_fault(flight, f"the Ray worker running job {flight.job_id} was lost ({type(exc).__name__})",
+                              cost=1 + self.options.ray_max_retries)
+        else:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            if is_infrastructure(cause):
+                self._infra_fault(flight, _one_line(cause), cost=1)
+            else:
+                self._fail(flight.job_id, flight.sweep_ids, flight.step, _one_line(cause), retry=False)
 
     def _infra_fault(self, flight: _Flight, reason: str, *, cost: int) -> None:
         """Retry after a backoff within the infrastructure budget (no new claim, no attempt charged);
@@ -419,23 +503,22 @@ class Scheduler:
     def _fail(self, job_id: int, sweep_ids: tuple[int, ...], step: int, error: str, *, retry: bool) -> None:
         try:
             with session_scope(self._url) as s:
-                repo.record_failure(s, job_id=job_id, owner=self.owner, error=error, retry=retry,
-                                    max_attempts=self.options.max_attempts)
-                status = repo.get_job(s, job_id=job_id).status
-                finished = claims.finished_sweeps(s, list(sweep_ids))
+                outcome = store_jobs.record_failure(s, job_id=job_id, owner=self.owner, error=error, retry=retry,
+                                                    max_attempts=self.options.max_attempts)
         except JobStateError as exc:
             self.report.lost_lease += 1
             log.warning("dropping the failure of job %s: %s", job_id, exc)
             return
-        if status == JobStatus.PENDING:
+        retried = outcome.status == JobStatus.PENDING
+        if retried:
             self.report.retried += 1
         else:
             self.report.failed += 1
-        log.warning("job %s %s: %s", job_id, "will be retried" if status == JobStatus.PENDING else "failed", error)
+        log.warning("job %s %s: %s", job_id, "will be retried" if retried else "failed", error)
         if self._on_event is not None:
             self._on_event(JobEvent(job_id=job_id, sweep_ids=sweep_ids, step=step, error=error,
-                                    status="retry" if status == JobStatus.PENDING else "failed"))
-        self._sweeps_finished(finished)
+                                    status="retry" if retried else "failed"))
+        self._sweeps_finished(list(outcome.finished_sweeps))
 
     def _sweeps_finished(self, sweep_ids: list[int]) -> None:
         for sid in sweep_ids:
@@ -451,9 +534,9 @@ class Scheduler:
         ids = [f.job_id for f in self._inflight.values()] + self._infra.job_ids()
         if s is None:
             with session_scope(self._url) as s:
-                held = repo.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
+                held = store_jobs.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
         else:
-            held = repo.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
+            held = store_jobs.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
         if held < len(ids):
             log.warning("%d of %d leases were lost (expired or cancelled)", len(ids) - held, len(ids))
 
@@ -464,8 +547,8 @@ class Scheduler:
             return {}
         if s is None:
             with session_scope(self._url) as s:
-                return claims.holders(s, ids)
-        return claims.holders(s, ids)
+                return store_jobs.job_holders(s, ids)
+        return store_jobs.job_holders(s, ids)
 
     def _check_cancelled(self, current: dict[int, tuple[str, str | None]] | None = None) -> None:
         """Stop our copies of jobs that `llc cancel` cancelled or that another scheduler took over
@@ -506,14 +589,17 @@ class Scheduler:
         try:
             self._write()
         except Exception as exc:
-            log.warning("could not store %d fetched result(s) (%s); their jobs will run again", len(self._unwritten), exc)
+            self._spool.save([(f.job_id, r) for f, r in self._unwritten])
+            log.warning("could not store %d fetched result(s) (%s); spooled to %s for the next scheduler started here",
+                        len(self._unwritten), exc, self._spool.path)
         for ref in list(self._inflight):
             ray.cancel(ref, force=True)
         self._inflight.clear()
         self._infra.clear()
         try:
             with session_scope(self._url) as s:
-                self.report.handed_back = repo.release_owner_jobs(s, owner=self.owner)
+                self.report.handed_back = store_jobs.release_owner_jobs(s, owner=self.owner)
+                store_schedulers.remove(s, owner=self.owner)
         except Exception as exc:  # the store may be the thing that failed
             log.warning("could not hand back this scheduler's jobs (%s); their leases will expire", exc)
         self._followup.drain()

@@ -1,15 +1,28 @@
-"""The results store: models, engine/session helpers, schema revisions, repository, job keys."""
+"""The results store, split by concern: sweeps (runs, checkpoints, sweeps, status), jobs (adding,
+claiming, leases, failures), results (the one JobResult ↔ row mapping and write path), stages.
+Reads return the frozen dataclasses of `entities`; engines, sessions and schema live in `db`."""
 from __future__ import annotations
 
 from services.store.db import check_schema, downgrade, ensure_schema, get_engine, session_scope, upgrade
+from services.store.entities import (
+    AddJobsOutcome,
+    CheckpointInfo,
+    JobInfo,
+    NewResult,
+    PlannedJob,
+    RecordedFailure,
+    RecordedResults,
+    ResultRow,
+    StageInfo,
+    StageRow,
+    SweepInfo,
+)
 from services.store.errors import JobStateError, NotFound, SchemaOutOfDate, StoreError, StoreUnavailable
 from services.store.jobkey import job_key
-from services.core.status import JobStatus, SweepStatus
-from services.store.models import Checkpoint, Job, Result, Stage, Sweep, TrainingRun
-from services.store.repository import AddJobsOutcome, NewJob, ResultRow, StageRow
 
 __all__ = [
-    "AddJobsOutcome", "Checkpoint", "Job", "JobStateError", "JobStatus", "NewJob", "NotFound", "Result", "ResultRow",
-    "SchemaOutOfDate", "Stage", "StageRow", "StoreError", "StoreUnavailable", "Sweep", "SweepStatus", "TrainingRun",
-    "check_schema", "downgrade", "ensure_schema", "get_engine", "job_key", "session_scope", "upgrade",
+    "AddJobsOutcome", "CheckpointInfo", "JobInfo", "JobStateError", "NewResult", "NotFound", "PlannedJob",
+    "RecordedFailure", "RecordedResults", "ResultRow", "SchemaOutOfDate", "StageInfo", "StageRow", "StoreError",
+    "StoreUnavailable", "SweepInfo", "check_schema", "downgrade", "ensure_schema", "get_engine", "job_key",
+    "session_scope", "upgrade",
 ]

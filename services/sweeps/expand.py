@@ -7,31 +7,14 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from services.store.entities import CheckpointLike, PlannedJob
 from services.store.jobkey import job_key
 from services.core.endpoints import under_storage
 from services.sweeps.schema import LLCConfig, SamplerGrid
 
 GRID_FIELDS: tuple[str, ...] = ("epsilon", "gamma", "nbeta", "num_chains", "num_draws", "num_burnin", "batch_size")
-
-
-class CheckpointLike(Protocol):
-    @property
-    def step(self) -> int: ...
-    @property
-    def uri(self) -> str: ...
-    @property
-    def fingerprint(self) -> str: ...
-
-
-@dataclass(frozen=True)
-class PlannedJob:
-    checkpoint: CheckpointLike
-    key: str
-    hyperparameters: dict[str, Any]
-    seed: int
-    spec: dict[str, Any]          # JSON of workers.job.JobSpec
 
 
 def sampler_points(grid: SamplerGrid) -> list[dict[str, Any]]:

@@ -6,15 +6,16 @@ first write, and the writes happen in one transaction, so a refused submission s
 from __future__ import annotations
 
 import getpass
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from services.core.errors import UserError
-from services.store import repository as repo
+from services.store import jobs as store_jobs
+from services.store import sweeps as store_sweeps
 from services.store.db import ensure_schema, session_scope
 from services.sweeps.config import to_dict
 from services.core.endpoints import Endpoints, resolve_endpoints
-from services.sweeps.expand import PlannedJob, expand_sweep
+from services.store.entities import PlannedJob
+from services.sweeps.expand import expand_sweep
 from services.sweeps.schema import LLCConfig
 from services.sweeps.selection import describe, select_checkpoints
 from services.sweeps.validate import validate_sweep
@@ -85,22 +86,14 @@ def submit_plan(plan: SweepPlan, *, name: str, submitted_by: str | None, databas
     ensure_schema(database_url)
     who = submitted_by or _user()
     with session_scope(database_url) as s:
-        run = repo.upsert_training_run(s, uri=plan.run_uri)
-        rows = {}
-        for ref in plan.checkpoints:
-            rows[ref.uri] = repo.upsert_checkpoint(s, training_run=run, step=ref.step, uri=ref.uri,
-                                                   fingerprint=ref.fingerprint)
-        sweep = repo.create_sweep(s, name=name, config=plan.config, submitted_by=who, training_run=run)
-        outcome = repo.add_jobs(s, sweep=sweep, jobs=_new_jobs(plan.jobs, rows))
+        run_id = store_sweeps.upsert_training_run(s, uri=plan.run_uri)
+        store_sweeps.upsert_checkpoints(s, training_run_id=run_id, checkpoints=plan.checkpoints)
+        sweep = store_sweeps.create_sweep(s, name=name, config=plan.config, submitted_by=who, training_run_id=run_id)
+        outcome = store_jobs.add_jobs(s, sweep_id=sweep.id, jobs=plan.jobs)
         sweep_id = sweep.id
     return SubmitOutcome(sweep_id=sweep_id, name=name, run_uri=plan.run_uri, checkpoints=len(plan.checkpoints),
                          jobs=len(plan.jobs), new=outcome.new, already_done=outcome.already_done,
                          already_queued=outcome.already_queued, skipped=tuple(plan.skipped))
-
-
-def _new_jobs(jobs: Sequence[PlannedJob], rows: dict) -> list[repo.NewJob]:
-    return [repo.NewJob(checkpoint=rows[j.checkpoint.uri], key=j.key, hyperparameters=j.hyperparameters, seed=j.seed,
-                        spec=j.spec) for j in jobs]
 
 
 def _user() -> str:

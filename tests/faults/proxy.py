@@ -17,6 +17,8 @@ class FlakyProxy:
         self._up = threading.Event()
         self._up.set()
         self.dropped = 0          # connections refused while down
+        self._lock = threading.Lock()
+        self._live: set[socket.socket] = set()
         self._closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -24,8 +26,18 @@ class FlakyProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def down(self) -> None:
+    def down(self, *, cut: bool = False) -> None:
+        """Refuse new connections; with `cut`, also break the open ones (a crash or network cut,
+        not just a server that stopped accepting)."""
         self._up.clear()
+        if cut:
+            with self._lock:
+                live, self._live = self._live, set()
+            for sock in live:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with suppress(OSError):
+                    sock.close()
 
     def up(self) -> None:
         self._up.set()
@@ -51,6 +63,8 @@ class FlakyProxy:
             except OSError:
                 client.close()
                 continue
+            with self._lock:
+                self._live.update((client, server))
             for a, b in ((client, server), (server, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 

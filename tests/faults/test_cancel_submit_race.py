@@ -6,7 +6,7 @@ import threading
 
 from sqlalchemy import select
 
-from services.store import repository as repo
+from services.store import sweeps as store_sweeps
 from services.store.db import session_scope
 from services.store.models import Job, Sweep, SweepJob
 from services.sweeps.config import load_config
@@ -28,7 +28,7 @@ def test_cancel_and_submit_of_shared_jobs_take_turns(storage: str, db: str) -> N
             try:
                 barrier.wait()
                 with session_scope(db) as s:
-                    repo.cancel_sweep(s, sweep_id=sweep_id)
+                    store_sweeps.cancel_sweep(s, sweep_id=sweep_id)
             except BaseException as exc:  # reported below, with the round
                 errors.append(exc)
 
@@ -56,4 +56,4 @@ def test_cancel_and_submit_of_shared_jobs_take_turns(storage: str, db: str) -> N
             assert s.get(Sweep, a.sweep_id).status == "cancelled"   # type: ignore[union-attr]
         # the next round starts from cancelled jobs: cancel b so a's resubmission requeues them
         with session_scope(db) as s:
-            repo.cancel_sweep(s, sweep_id=out["b"])
+            store_sweeps.cancel_sweep(s, sweep_id=out["b"])

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from services.cli import main as llc_main
-from services.store import repository as repo
+from services.store import sweeps as store_sweeps
 from services.store.db import session_scope
 from services.store.models import Job
 from services.sweeps.config import load_config
@@ -50,7 +50,7 @@ def test_a_signal_hands_jobs_back_with_a_summary_and_exit_0(sig: signal.Signals,
         deadline = time.monotonic() + 180
         while True:
             with session_scope(db) as s:
-                if repo.sweep_counts(s, sweep_id=sub.sweep_id)["running"] == 1:
+                if store_sweeps.sweep_counts(s, sweep_id=sub.sweep_id)["running"] == 1:
                     break
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             if time.monotonic() > deadline:

@@ -84,22 +84,27 @@ def test_file_backend_and_crash_leftovers(tmp_path: Path) -> None:
     assert list((tmp_path / "cache" / "tmp").iterdir()) == []
 
 
+def _last_used(cache: LocalCache, uri: str, fp: str, when: float) -> None:
+    """Set an entry's last-used time (its manifest's mtime) explicitly: no sleeping for distinct mtimes."""
+    os.utime(cache.entry_dir(uri, fp) / MANIFEST, (when, when))
+
+
 def test_lru_eviction_beyond_the_size_bound(tmp_path: Path) -> None:
     cache = LocalCache(tmp_path / "cache", max_bytes=250, evict_grace_s=0.0)
+    start = time.time()
     entries = {}
     for i in range(3):
         uri = (tmp_path / "objects" / f"step-{i}").as_uri()
         fp, files = _put(uri, {"model.safetensors": bytes([i]) * 100})
         entries[i] = (uri, fp, files)
         cache.fetch(uri, fp, files)
-        time.sleep(0.02)  # distinct last-used times
+        _last_used(cache, uri, fp, start - 300 + 100 * i)  # distinct last-used times, older than any fetch below
     # 300 bytes > 250: the least recently used (step-0) went when step-2 arrived.
     kept = {p.name for p, _, _ in cache.entries()}
     assert cache.entry_dir(*entries[0][:2]).name not in kept
     assert {cache.entry_dir(*entries[i][:2]).name for i in (1, 2)} == kept
     # Using step-1 makes step-2 the oldest; refetching step-0 evicts step-2.
-    cache.fetch(*entries[1])
-    time.sleep(0.02)
+    cache.fetch(*entries[1])          # touched now: newer than step-2's explicit time
     cache.fetch(*entries[0])
     kept = {p.name for p, _, _ in cache.entries()}
     assert kept == {cache.entry_dir(*entries[i][:2]).name for i in (0, 1)}

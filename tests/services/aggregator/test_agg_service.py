@@ -16,8 +16,11 @@ from services.aggregator import aggregate_sweep
 from services.cli import main as llc_main
 from services.store import db, session_scope
 from services.store.jobkey import job_key
-from services.store.repository import (NewJob, add_jobs, claim_jobs, create_sweep, get_sweep, list_stages,
-                                       record_failure, record_result, upsert_checkpoint, upsert_training_run)
+from services.store.entities import NewResult, PlannedJob
+from services.store.jobs import add_jobs, claim_jobs, record_failure
+from services.store.results import record_results
+from services.store.stages import list_stages
+from services.store.sweeps import create_sweep, get_sweep, upsert_checkpoint, upsert_training_run
 from services.tracking import Tracker
 
 STEPS = [0, 10, 30, 100, 300, 1000, 3000, 10000, 30000]
@@ -64,33 +67,33 @@ def sweep_id(store_url: str, tmp_path: Path) -> int:
     with session_scope(store_url) as s:
         tr = upsert_training_run(s, uri=run_dir.as_uri() + f"-{uuid.uuid4().hex[:6]}")
         sweep = create_sweep(s, name=f"agg-{uuid.uuid4().hex[:8]}", config={"sampler": {"epsilon": EPSILONS}},
-                             submitted_by="tests", training_run=tr)
+                             submitted_by="tests", training_run_id=tr)
         new = []
         for step in STEPS:
             ck_dir = run_dir / f"step-{step}"
             ck_dir.mkdir(parents=True)
             (ck_dir / "metadata.json").write_text(json.dumps({"step": step, "loss": eval_loss(step),
                                                               "train_loss": eval_loss(step) + 0.01}))
-            ck = upsert_checkpoint(s, training_run=tr, step=step, uri=ck_dir.as_uri(), fingerprint=f"fp{step}-{tr.id}")
+            ck = upsert_checkpoint(s, training_run_id=tr, step=step, uri=ck_dir.as_uri(), fingerprint=f"fp{step}-{tr}")
             for eps in EPSILONS:
                 for seed in SEEDS:
                     key = job_key(checkpoint_uri=ck.uri, fingerprint=ck.fingerprint, dataset={"uri": "d"},
                                   sampler=_hyper(eps), seed=seed, estimator_version="test")
-                    new.append(NewJob(checkpoint=ck, key=key, hyperparameters=_hyper(eps), seed=seed, spec={}))
-        add_jobs(s, sweep=sweep, jobs=new)
+                    new.append(PlannedJob(checkpoint=ck, key=key, hyperparameters=_hyper(eps), seed=seed, spec={}))
+        add_jobs(s, sweep_id=sweep.id, jobs=new)
         sid = sweep.id
     with session_scope(store_url) as s:
         for job in claim_jobs(s, owner="tests", limit=1000, lease_seconds=600):
-            eps, step, seed = job.hyperparameters["epsilon"], job.checkpoint.step, job.seed
+            eps, step, seed = job.hyperparameters["epsilon"], job.step, job.seed
             if (eps, step, seed) == FAILED_AT:
                 record_failure(s, job_id=job.id, owner="tests", error="boom", retry=False)
                 continue
             diverged = (eps, step, seed) == DIVERGED_AT
             values = chains(step, eps, seed)
-            record_result(s, job_id=job.id, owner="tests", diverged=diverged, result={
+            record_results(s, owner="tests", results=[NewResult(job_id=job.id, diverged=diverged, result={
                 "llc_mean": float("nan") if diverged else float(np.mean(values)), "llc_std": float(np.std(values)),
                 "llc_per_chain": [float("nan")] * 2 if diverged else values, "init_loss": eval_loss(step) + 0.05,
-                "diagnostics": {"r_hat": 1.01 + eps}})
+                "diagnostics": {"r_hat": 1.01 + eps}})])
     return sid
 
 
@@ -101,7 +104,7 @@ def test_aggregate_sweep_end_to_end(store_url: str, sweep_id: int, mlflow_server
     n_jobs = len(STEPS) * len(EPSILONS) * len(SEEDS)
     assert report.counts == {"succeeded": n_jobs - 2, "diverged": 1, "failed": 1}
     assert report.left_out == {"diverged": 1, "failed": 1}
-    assert report.loss_source == "loss"  # metadata.json's eval loss beats init_loss
+    assert report.loss_source == "loss"  # metadata.json's eval loss beats the results' L_n(w*)
 
     # Curves pool chains × seeds; the failed job is left out of its checkpoint.
     by_eps = {c.hyperparameters["epsilon"]: c for c in report.curves}

@@ -14,7 +14,8 @@ from mlflow.tracking import MlflowClient
 from sqlalchemy import func, select
 
 from services.scheduler.loop import Scheduler, SchedulerOptions
-from services.store import repository as repo
+from services.store.results import sweep_results
+from services.store.sweeps import get_sweep, sweep_counts
 from services.store.db import session_scope
 from services.store.models import Job, Result
 from services.sweeps.config import load_config
@@ -41,8 +42,8 @@ def test_sweep_runs_to_completion_in_store_and_mlflow(storage: str, db: str, ray
     # The last job's arrival triggered the aggregation of the sweep.
     assert report.finished_sweeps == report.aggregated_sweeps == [sub.sweep_id]  # type: ignore[attr-defined]
     with session_scope(db) as s:
-        rows = repo.sweep_results(s, sweep_id=sub.sweep_id)
-        sweep = repo.get_sweep(s, sweep_id=sub.sweep_id)
+        rows = sweep_results(s, sweep_id=sub.sweep_id)
+        sweep = get_sweep(s, sweep_id=sub.sweep_id)
         assert sweep.status == "finished" and sweep.mlflow_run_id
         parent = sweep.mlflow_run_id
     assert [r.status for r in rows] == ["succeeded"] * 6
@@ -77,13 +78,17 @@ def test_missing_checkpoint_fails_only_its_jobs_and_divergence_is_final(
     assert sub.new == 4
     bucket = storage.removeprefix("s3://")
     boto3.client("s3", endpoint_url=s3_endpoint).delete_object(Bucket=bucket, Key="broken-run/step-6/model.safetensors")
-    # An unreachable tracking server is logged per job and never loses a stored result.
+    # An unreachable tracking server never loses a stored result: the store's outbox owes its runs.
+    from services.store import outbox
     from tests.conftest import free_port
 
     report = _run(db, sub.sweep_id, tracker=Tracker(f"http://127.0.0.1:{free_port()}"))
-    assert (report.succeeded, report.diverged, report.failed, report.tracking_errors) == (1, 1, 2, 2)  # type: ignore[attr-defined]
+    assert (report.succeeded, report.diverged, report.failed) == (1, 1, 2)  # type: ignore[attr-defined]
+    assert report.tracking_errors >= 1  # type: ignore[attr-defined]
     with session_scope(db) as s:
-        rows = repo.sweep_results(s, sweep_id=sub.sweep_id)
+        assert outbox.owed_count(s, sweep_ids=[sub.sweep_id]) == 2
+    with session_scope(db) as s:
+        rows = sweep_results(s, sweep_id=sub.sweep_id)
     by = {(r.step, r.hyperparameters["epsilon"]): r for r in rows}
     assert by[(0, 1e-4)].status == "succeeded"
     assert by[(0, 1e5)].status == "diverged" and by[(0, 1e5)].diverged
@@ -108,7 +113,7 @@ def test_killed_scheduler_is_replaced_and_every_job_runs_once(storage: str, db: 
         deadline = time.time() + 180
         while time.time() < deadline:
             with session_scope(db) as s:
-                counts = repo.sweep_counts(s, sweep_id=sub.sweep_id)
+                counts = sweep_counts(s, sweep_id=sub.sweep_id)
             if counts["succeeded"] >= 1 and counts["running"] >= 1:
                 break
             assert first.poll() is None, "the first scheduler exited before the sweep was half done"
@@ -150,9 +155,12 @@ def test_cancel_stops_running_ray_tasks(storage: str, db: str, ray_cluster: str,
         deadline = time.time() + 60
         while time.time() < deadline:
             with session_scope(db) as s:
-                if repo.sweep_counts(s, sweep_id=sub.sweep_id)["running"] == 2:
-                    break
+                counts = sweep_counts(s, sweep_id=sub.sweep_id)
+            if counts["running"] == 2:
+                break
             time.sleep(0.2)
+        else:
+            pytest.fail(f"two jobs never ran at once within 60 s: {counts}")
         assert llc_main(["cancel", str(sub.sweep_id)]) == 0
         assert "6 pending/running job(s) cancelled" in capsys.readouterr().out
         thread.join(timeout=60)
@@ -163,6 +171,6 @@ def test_cancel_stops_running_ray_tasks(storage: str, db: str, ray_cluster: str,
     report = reports[0]
     assert report.cancelled == 2 and report.succeeded == 0  # type: ignore[attr-defined]
     with session_scope(db) as s:
-        assert repo.get_sweep(s, sweep_id=sub.sweep_id).status == "cancelled"
-        assert set(repo.sweep_counts(s, sweep_id=sub.sweep_id).items()) >= {("cancelled", 6), ("succeeded", 0)}
+        assert get_sweep(s, sweep_id=sub.sweep_id).status == "cancelled"
+        assert set(sweep_counts(s, sweep_id=sub.sweep_id).items()) >= {("cancelled", 6), ("succeeded", 0)}
         assert s.scalar(select(func.count()).select_from(Result)) == 0

@@ -41,7 +41,8 @@ def max_in_flight(requested: int | None, num_cpus_per_job: float) -> int:
 
 
 def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Tracker | None, requested_in_flight: int | None = None,
-              lease_seconds: float = 120.0, poll_seconds: float = 0.5, max_attempts: int = 3) -> RunOutcome:
+              lease_seconds: float = 120.0, poll_seconds: float = 0.5, max_attempts: int = 3,
+              infra_retries: int = 5) -> RunOutcome:
     with console.status("discovering checkpoints"):
         plan = plan_sweep(cfg)
     outcome = submit_plan(plan, name=cfg.sweep.name, submitted_by=None, database_url=plan.endpoints.database_url)
@@ -77,7 +78,7 @@ def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Tracker | None, requ
                 opts = SchedulerOptions(database_url=ends.database_url, sweep_id=outcome.sweep_id, until_idle=True,
                                         max_in_flight=max_in_flight(requested_in_flight, cfg.sweep.resources.num_cpus),
                                         lease_seconds=lease_seconds, poll_seconds=poll_seconds,
-                                        max_attempts=max_attempts)
+                                        max_attempts=max_attempts, infra_retries=infra_retries)
                 report = Scheduler(opts, tracker=tracker, aggregate=False, on_event=on_event).run()
                 progress.update(bar, total=tally["done"])
         finally:
@@ -86,5 +87,6 @@ def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Tracker | None, requ
                       f"{report.failed} failed")
     with console.status(f"aggregating sweep {outcome.sweep_id}: λ̂ curves, stages, plots"):
         aggregate = aggregate_sweep(sweep_id=outcome.sweep_id, database_url=ends.database_url, tracker=tracker,
+                                    storage_uri=ends.storage_uri,
                                     log_to_mlflow=tracker is not None)
     return RunOutcome(sweep_id=outcome.sweep_id, submitted=outcome, scheduler=report, aggregate=aggregate)

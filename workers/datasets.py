@@ -92,12 +92,36 @@ def _parse_header(raw: bytes, uri: str) -> DatasetHeader:
     return header
 
 
+def read_header(uri: str) -> DatasetHeader:
+    """The dataset's header alone (one small read): what submission checks before writing jobs."""
+    uri = uri.rstrip("/")
+    try:
+        raw = open_store(uri).get_bytes(HEADER_FILE)
+    except ObjectStoreError as exc:
+        raise DatasetError(f"There is no token dataset at {uri} ({str(exc).rstrip('.')}); point the dataset URI "
+                           "at a prefix holding tokens.bin + header.json.") from exc
+    return _parse_header(raw, uri)
+
+
 _MEMO: OrderedDict[tuple[str, str, int | None], TokenDataset] = OrderedDict()
 _MEMO_SIZE = 4
 
 
+def dataset_fingerprint(uri: str) -> str:
+    """The content fingerprint of a dataset prefix (what the cache keys it by)."""
+    uri = uri.rstrip("/")
+    try:
+        listing = {o.key: o for o in open_store(uri).list() if o.key in (TOKENS_FILE, HEADER_FILE)}
+    except ObjectStoreError as exc:
+        raise DatasetError(str(exc)) from exc
+    if len(listing) < 2:
+        raise DatasetError(f"There is no token dataset at {uri}; point the dataset URI at a prefix holding "
+                           "tokens.bin + header.json.")
+    return fingerprint_of(tuple(listing[name] for name in (HEADER_FILE, TOKENS_FILE)))
+
+
 def load_token_dataset(uri: str, *, cache: LocalCache | None = None, max_sequences: int | None = None,
-                       memo: bool = False) -> TokenDataset:
+                       memo: bool = False, fingerprint: str | None = None) -> TokenDataset:
     """Load a dataset prefix (through the local cache when given).
 
     memo=True keeps the last few datasets of this process in memory, keyed by content
@@ -106,9 +130,11 @@ def load_token_dataset(uri: str, *, cache: LocalCache | None = None, max_sequenc
     uri = uri.rstrip("/")
     if max_sequences is not None and max_sequences <= 0:
         raise DatasetError(f"max_sequences for {uri} must be positive, got {max_sequences}.")
+    hit = cache.cached(uri, fingerprint) if cache is not None and fingerprint else None
     try:
         store = open_store(uri)
-        listing = {o.key: o for o in store.list() if o.key in (TOKENS_FILE, HEADER_FILE)}
+        # A cached copy of the fingerprint asked for needs no listing: the job runs while S3 is away.
+        listing = {o.key: o for o in (hit[1] if hit else store.list()) if o.key in (TOKENS_FILE, HEADER_FILE)}
     except ObjectStoreError as exc:
         raise DatasetError(str(exc)) from exc
     missing = [name for name in (HEADER_FILE, TOKENS_FILE) if name not in listing]

@@ -66,6 +66,7 @@ class AggregateReport:
     loss_source: str                              # which loss typed the stages
     plots: list[Path] = field(default_factory=list)
     artifacts: list[Path] = field(default_factory=list)
+    artifact_uris: list[str] = field(default_factory=list)   # the same files in the object store
     parent_run_id: str | None = None
     mlflow_run_id: str | None = None
     tracking_error: str | None = None

@@ -113,12 +113,15 @@ def _slug(text: str) -> str:
 def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None = None,
                     out_dir: Path | None = None, log_to_mlflow: bool = True, z: float = 3.0,
                     r_hat_threshold: float = 1.1, max_rel_spread: float = 0.5,
-                    bootstrap_replicates: int = 100, max_diverged_share: float = 0.0) -> AggregateReport:
+                    bootstrap_replicates: int = 100, max_diverged_share: float = 0.0,
+                    storage_uri: str | None = None) -> AggregateReport:
     """Aggregate one sweep; MLflow only with a `tracker` and `log_to_mlflow`. An
     unreachable tracking server does not lose the work: stages are stored and files written,
     and the report's `tracking_error` says what failed. Step 0 is kept (fits use log(step+1)).
     max_diverged_share: jobs that dropped at most this share of their chains stay in the curves
-    (marked); 0 leaves every job with a diverged chain out."""
+    (marked); 0 leaves every job with a diverged chain out. With `storage_uri`, plots and stage
+    files are also put under `<storage>/aggregates/sweep-<id>/` so a team finds them where its
+    checkpoints are, not on one machine's disk."""
     ensure_schema(database_url)
     with session_scope(database_url) as session:
         sweep = get_sweep(session, sweep_id=sweep_id)
@@ -176,6 +179,13 @@ def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None
     _write_plots(report, losses, loss_name)
     head_files = _write_head_maps(report)
     report.artifacts = [*report.plots, *report.write_stage_files(), *head_files]
+    if storage_uri:
+        from workers.objectstore import ObjectStoreError
+
+        try:
+            report.artifact_uris = _upload(report.artifacts, storage_uri=storage_uri, sweep_id=sweep_id)
+        except ObjectStoreError as exc:   # the local files and MLflow still have them
+            notes.append(f"plots not copied to the object store: {exc}")
 
     if log_to_mlflow and tracker is not None:
         try:
@@ -197,6 +207,15 @@ def _setting_stage(curve: SettingCurve, u: Any, heads: HeadScores, curves: Seque
     llc_moves = head_llc_moves(curves, curve, start, end)
     text = "; ".join(t for t in (describe_moves(moves), describe_moves(llc_moves)) if t)
     return SettingStage(curve.key, curve.label, curve.hyperparameters, u.stage, uncertainty=u, heads=text)
+
+
+def _upload(paths: list[Path], *, storage_uri: str, sweep_id: int) -> list[str]:
+    from workers.objectstore import join_uri, open_store
+
+    store = open_store(join_uri(storage_uri, "aggregates", f"sweep-{sweep_id}"))
+    for path in paths:
+        store.upload(path, path.name)
+    return [join_uri(store.uri, p.name) for p in paths]
 
 
 def _write_plots(report: AggregateReport, losses: dict[str, tuple[list[float], list[float]]],

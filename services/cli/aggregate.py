@@ -64,6 +64,8 @@ def print_report(report: Any) -> None:
         console.print(f"note: {note}")
     for path in report.plots:
         console.print(f"plot: {path}")
+    for uri in report.artifact_uris:
+        console.print(f"stored: {uri}")
     if report.mlflow_run_id:
         console.print(f"MLflow aggregate run: {report.mlflow_run_id} (parent {report.parent_run_id})")
 
@@ -78,7 +80,7 @@ def _aggregate(args: argparse.Namespace) -> int:
     tracker = None if args.no_mlflow else Tracker(ends.tracking_uri)
     report = aggregate_sweep(sweep_id=sweep_id, database_url=url, out_dir=args.out_dir, tracker=tracker,
                              log_to_mlflow=tracker is not None, z=args.z, r_hat_threshold=args.r_hat,
-                             max_diverged_share=args.max_diverged_share)
+                             max_diverged_share=args.max_diverged_share, storage_uri=ends.storage_uri)
     print_report(report)
     if report.tracking_error:
         raise UserError(f"{report.tracking_error} (stages are stored and plots written under {report.out_dir})")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from services.core.errors import ConfigError
 from services.core.paths import llc_home
 
 POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/llc"
@@ -77,8 +78,16 @@ def resolve_endpoints(cfg: EndpointConfig | None = None) -> Endpoints:
                      ray_address=ray_address, cache_dir=cache)
 
 
+class StoragePathError(ConfigError, ValueError):
+    """A relative run or dataset path that would leave the storage root."""
+
+
 def under_storage(uri: str, storage_uri: str) -> str:
-    """A URI with a scheme stays as is; a relative one is placed under the storage URI."""
+    """A URI with a scheme stays as is; a relative one is placed under the storage URI and must
+    stay there (no `.`/`..` parts), so `sweep.run=../../etc` cannot walk out of the store."""
     if "://" in uri:
         return uri.rstrip("/")
+    if any(part in (".", "..") for part in uri.strip("/").split("/")):
+        raise StoragePathError(f"The path {uri!r} leaves the storage root {storage_uri}; write it relative to "
+                               "the root without '.' or '..' parts, or give a full s3:// or file:// URI.")
     return f"{storage_uri.rstrip('/')}/{uri.strip('/')}"

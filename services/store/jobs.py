@@ -18,7 +18,7 @@ from services.core.status import ACTIVE_STATUSES, DONE_STATUSES, TERMINAL_STATUS
 from services.store.entities import AddJobsOutcome, JobInfo, PlannedJob, RecordedFailure
 from services.store.errors import JobStateError, NotFound
 from services.store.models import Checkpoint, Job, Sweep, SweepJob, utcnow
-from services.store.sql import in_chunks, insert, lease_until
+from services.store.sql import INSERT_CHUNK, in_chunks, insert, lease_until, serialize_membership
 from services.store.sweeps import checkpoint_ids, derive_status, derive_status_of_jobs, finish_done, mark_running
 
 _JOB_COLUMNS = (Job.id, Job.key, Checkpoint.uri, Checkpoint.step, Job.hyperparameters, Job.seed, Job.spec, Job.status,
@@ -51,6 +51,15 @@ def job_statuses(session: Session, job_ids: Sequence[int]) -> dict[int, str]:
     out: dict[int, str] = {}
     for chunk in in_chunks(list(job_ids)):
         out.update((job_id, status) for job_id, status in session.execute(select(Job.id, Job.status).where(Job.id.in_(chunk))))
+    return out
+
+
+def job_holders(session: Session, job_ids: Sequence[int]) -> dict[int, tuple[str, str | None]]:
+    """job id → (status, lease owner): whether a scheduler's in-flight job is still its own."""
+    out: dict[int, tuple[str, str | None]] = {}
+    for chunk in in_chunks(list(job_ids)):
+        rows = session.execute(select(Job.id, Job.status, Job.lease_owner).where(Job.id.in_(chunk)))
+        out.update((job_id, (status, owner)) for job_id, status, owner in rows)
     return out
 
 
@@ -176,6 +185,7 @@ def add_jobs(session: Session, *, sweep_id: int, jobs: Sequence[PlannedJob]) -> 
     of the keys, a bulk insert of the new jobs and of the links, one UPDATE for the requeued.
     Safe against a concurrent submission of the same keys.
     """
+    serialize_membership(session)
     status = session.scalar(select(Sweep.status).where(Sweep.id == sweep_id))
     if status is None:
         raise NotFound(f"there is no sweep with id {sweep_id}; run `llc status` to list the sweeps.")

@@ -15,7 +15,7 @@ from services.core.status import ACTIVE_STATUSES, ACTIVE_SWEEP_STATUSES, JobStat
 from services.store.entities import CheckpointInfo, CheckpointLike, SweepInfo
 from services.store.errors import NotFound
 from services.store.models import Checkpoint, Job, Sweep, SweepJob, TrainingRun, utcnow
-from services.store.sql import INSERT_CHUNK, in_chunks, insert
+from services.store.sql import INSERT_CHUNK, in_chunks, insert, serialize_membership
 
 NO_SWEEP = "there is no sweep with id {}; run `llc status` to list the sweeps."
 
@@ -244,6 +244,7 @@ def cancel_sweep(session: Session, *, sweep_id: int) -> list[int]:
     Returns the ids of the jobs cancelled (running ones included, so the scheduler can cancel
     their Ray tasks); results a cancelled running job later reports are refused.
     """
+    serialize_membership(session)
     sweep = get_sweep(session, sweep_id=sweep_id)
     now = utcnow()
     session.execute(update(Sweep).where(Sweep.id == sweep.id).values(status=SweepStatus.CANCELLED, updated_at=now,

@@ -32,12 +32,14 @@ def sampler_points(grid: SamplerGrid) -> list[dict[str, Any]]:
 
 
 def expand_sweep(cfg: LLCConfig, checkpoints: Sequence[CheckpointLike], *, storage_uri: str,
-                 estimator_version: str, model_config: Mapping[str, Any] | None = None) -> list[PlannedJob]:
+                 estimator_version: str, model_config: Mapping[str, Any] | None = None,
+                 dataset_fingerprint: str | None = None) -> list[PlannedJob]:
     """One job per checkpoint × sampler point × component × seed, each with its job key and JobSpec JSON.
 
     Each sampler point, component and the shared parts are validated (as JobSpec dataclasses) and
     serialized once; per job only the checkpoint and seed change, so 100,000 jobs take well under a
-    second. model_config: the checkpoints' config.json, needed when sweep.components has `heads`."""
+    second. model_config: the checkpoints' config.json, needed when sweep.components has `heads`.
+    dataset_fingerprint: the dataset as submitted (in the spec, not the key)."""
     from workers.job import DatasetSpec, JobSpec, SamplerSpec
 
     sweep = cfg.sweep
@@ -71,7 +73,8 @@ def expand_sweep(cfg: LLCConfig, checkpoints: Sequence[CheckpointLike], *, stora
                     template = templates[component] = spec_to_dict(JobSpec(
                         checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, step=ref.step, dataset=dataset,
                         sampler=SamplerSpec(**sampler_json), seed=int(seed), device=sweep.device,
-                        num_threads=num_threads, sample_params=sampled, compile=sweep.compile, dtype=sweep.dtype))
+                        num_threads=num_threads, sample_params=sampled, compile=sweep.compile, dtype=sweep.dtype,
+                        dataset_fingerprint=dataset_fingerprint))
                 spec = {**template, "checkpoint_uri": ref.uri, "fingerprint": ref.fingerprint, "step": ref.step,
                         "sampler": sampler_json, "seed": int(seed)}
                 key = keys.key(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, sampler=hyper, seed=int(seed))

@@ -85,7 +85,7 @@ class CheckpointSelection:
 
 @dataclass
 class DatasetConfig:
-    uri: str = "demo-run/dataset"        # relative → under the storage URI
+    uri: str = "${sweep.run}/dataset"    # relative → under the storage URI; by default next to the run
     max_sequences: Optional[int] = None
 
 

@@ -20,6 +20,7 @@ from services.store.entities import PlannedJob
 from services.sweeps.expand import expand_sweep
 from services.sweeps.schema import LLCConfig
 from services.sweeps.selection import describe, select_checkpoints
+from services.sweeps.validate import validate_sweep
 
 
 class SubmitError(UserError):
@@ -54,7 +55,8 @@ class SubmitOutcome:
 
 
 def plan_sweep(cfg: LLCConfig) -> SweepPlan:
-    """Discover and select checkpoints and expand the grid; reads the object store, writes nothing."""
+    """Discover and select checkpoints, check the sweep can run, expand the grid; reads the object
+    store, writes nothing."""
     from workers.checkpoints import CheckpointError, discover_checkpoints
     from workers.llc import ESTIMATOR_VERSION
 
@@ -67,10 +69,12 @@ def plan_sweep(cfg: LLCConfig) -> SweepPlan:
         raise SubmitError(f"{str(exc).rstrip('.')} (sweep.run={cfg.sweep.run}, selection: "
                           f"{describe(cfg.sweep.checkpoints)}); nothing was submitted.") from exc
     chosen = select_checkpoints(refs, cfg.sweep.checkpoints, run_uri=run_uri)
+    dataset_uri = ends.under_storage(cfg.sweep.dataset.uri)
+    fingerprint = validate_sweep(cfg, dataset_uri=dataset_uri, checkpoints=chosen)
     model_config = _model_config(chosen) if "heads" in (cfg.sweep.components or ()) else None
     try:
         jobs = expand_sweep(cfg, chosen, storage_uri=ends.storage_uri, estimator_version=ESTIMATOR_VERSION,
-                            model_config=model_config)
+                            model_config=model_config, dataset_fingerprint=fingerprint)
     except ValueError as exc:
         raise SubmitError(f"{str(exc).rstrip('.')}; nothing was submitted.") from exc
     return SweepPlan(run_uri=run_uri, endpoints=ends, config=to_dict(cfg), checkpoints=chosen, jobs=jobs,

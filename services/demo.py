@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from rich.console import Console
+
+from services.core.endpoints import resolve_endpoints
+from services.run import RunOutcome, run_sweep
+from services.store.db import ensure_schema
+from services.sweeps.config import load_config
+from services.tracking import Tracker
+from workers.demo_training import DemoRun, DemoSettings, train_demo
 
 #: The CI-size demo: short training and a tiny sweep, in its own run prefix.
 SMALL_TRAINING = {"steps": 400, "num_checkpoints": 10, "dataset_sequences": 256}
@@ -21,18 +27,12 @@ SMALL_OVERRIDES = ("sweep=small", "sweep.run=demo-run-small", "sweep.dataset.uri
 
 @dataclass
 class DemoOutcome:
-    run: Any          # workers.demo_training.DemoRun
-    sweep: Any        # services.run.RunOutcome
+    run: DemoRun
+    sweep: RunOutcome
 
 
 def run_demo(*, small: bool = False, overrides: Sequence[str] = (), retrain: bool = False, tracking: bool = True,
              console: Console | None = None) -> DemoOutcome:
-    from services.store.db import ensure_schema
-    from services.sweeps.config import load_config
-    from services.core.endpoints import resolve_endpoints
-    from services.run import run_sweep
-    from workers.demo_training import DemoSettings, train_demo
-
     console = console or Console()
     # Resolve the config first: a bad override is refused before any work is done.
     cfg = load_config([*(SMALL_OVERRIDES if small else ("sweep=demo",)), *overrides])
@@ -52,13 +52,30 @@ def run_demo(*, small: bool = False, overrides: Sequence[str] = (), retrain: boo
     console.rule("[bold]2/3 · LLC sweep over the checkpoints[/bold]")
     tracker = None
     if tracking:
-        from services.tracking import Tracker
-
         tracker = Tracker(ends.tracking_uri)
     outcome = run_sweep(cfg, console=console, tracker=tracker)
 
     console.rule("[bold]3/3 · λ̂ over training and developmental stages[/bold]")
     return DemoOutcome(run=run, sweep=outcome)
+
+
+def head_formation(checkpoints: list[dict], *, layer: int, score: str) -> tuple[str, int] | None:
+    """(head, step) of the `layer` head whose `score` rose most, and the first checkpoint past
+    half of its rise; None when no head of that layer rose by 0.2 or more."""
+    from workers.head_scores import parse_head_scores
+
+    series = [(int(c["step"]), parse_head_scores(c)) for c in checkpoints]
+    series = [(st, h) for st, h in series if h]
+    if len(series) < 2:
+        return None
+    names = [n for n in series[-1][1] if n.split(".")[0] == str(layer)]
+    rises = {n: series[-1][1][n].get(score, 0.0) - series[0][1].get(n, {}).get(score, 0.0) for n in names}
+    if not rises or max(rises.values()) < 0.2:
+        return None
+    head = max(rises, key=lambda n: rises[n])
+    half = series[0][1][head][score] + rises[head] / 2
+    step = next(st for st, h in series if h.get(head, {}).get(score, -1.0) >= half)
+    return head, step
 
 
 def induction_alignment(outcome: DemoOutcome) -> list[str]:
@@ -68,6 +85,11 @@ def induction_alignment(outcome: DemoOutcome) -> list[str]:
     if report is None or formed is None:
         return []
     lines = []
+    prev = head_formation(outcome.run.checkpoints, layer=0, score="prev_token")
+    ind = head_formation(outcome.run.checkpoints, layer=1, score="induction")
+    parts = [f"{what} head {found[0]} formed at step {found[1]}" if found else f"no {what} head formed"
+             for what, found in (("previous-token", prev), ("induction", ind))]
+    lines.append("Per-head scores (a head forms when its score rises by 0.2 or more): " + "; ".join(parts) + ".")
     for curve in report.curves:
         stages = report.stages_for(curve.key)
         hit = next((st for st in stages if st.start_step <= formed <= st.end_step), None)

@@ -16,7 +16,7 @@ from croniter import croniter
 from services.core.errors import UserError
 from services.sweeps.config import config_dir, load_config
 from services.sweeps.schema import ScheduleConfig
-from services.sweeps.submit import SubmitError, SubmitOutcome, submit_sweep
+from services.sweeps.submit import SubmitOutcome, submit_sweep
 
 SUBMITTED_BY = "schedule:nightly"
 
@@ -43,18 +43,22 @@ def load_schedule(overrides: Sequence[str] = (), *, conf_dir: Path | None = None
 
 
 def run_nightly_once(overrides: Sequence[str] = (), *, now: datetime | None = None,
-                     report: Callable[[str], None] | None = None, conf_dir: Path | None = None) -> list[SubmitOutcome]:
-    """Submit every watched sweep now; a sweep whose run has no checkpoints yet is reported and skipped."""
+                     report: Callable[[str], None] | None = None, conf_dir: Path | None = None,
+                     skipped: list[str] | None = None) -> list[SubmitOutcome]:
+    """Submit every watched sweep now; a sweep that cannot be submitted (no checkpoints yet, refused)
+    is reported, added to `skipped` (its name), and does not stop the others."""
     schedule = load_schedule(overrides, conf_dir=conf_dir)
     say = report or (lambda _line: None)
     when = now or datetime.now(ZoneInfo(schedule.timezone))
     outcomes: list[SubmitOutcome] = []
     for name in schedule.sweeps:
-        cfg = load_config([f"sweep={name}", *overrides], conf_dir=conf_dir)
         try:
+            cfg = load_config([f"sweep={name}", *overrides], conf_dir=conf_dir)
             outcome = submit_sweep(cfg, submitted_by=SUBMITTED_BY)
-        except SubmitError as exc:
+        except UserError as exc:
             say(f"{when.isoformat()} nightly: skipped sweep config {name}: {exc}")
+            if skipped is not None:
+                skipped.append(name)
             continue
         say(f"{when.isoformat()} nightly: {outcome.summary()}")
         outcomes.append(outcome)

@@ -7,63 +7,69 @@ unset. Aggregation runs in the foreground at the end so its report can be printe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+import ray
 from rich.console import Console
 
+from services.aggregator import AggregateReport, aggregate_sweep
+from services.core.errors import UserError
 from services.core.status import TERMINAL_STATUSES
+from services.scheduler.cluster import connect, disconnect
+from services.scheduler.loop import JobEvent, Scheduler, SchedulerOptions, SchedulerReport
+from services.sweeps import views
 from services.sweeps.schema import LLCConfig
-
+from services.sweeps.submit import SubmitOutcome, plan_sweep, submit_plan
+from services.tracking import Tracker
 
 
 @dataclass
 class RunOutcome:
     sweep_id: int
-    submitted: Any          # services.sweeps.submit.SubmitOutcome
-    scheduler: Any | None   # services.scheduler.loop.SchedulerReport, None when nothing had to run
-    aggregate: Any | None   # services.aggregator.AggregateReport, None when aggregation failed
+    submitted: SubmitOutcome
+    scheduler: SchedulerReport | None   # None when nothing had to run
+    aggregate: AggregateReport | None
 
 
 def max_in_flight(requested: int | None, num_cpus_per_job: float) -> int:
     """Enough tasks to keep every CPU busy, plus one batch queued behind them."""
     if requested is not None:
         if requested < 1:
-            from services.core.errors import UserError
-
             raise UserError(f"--max-in-flight must be at least 1, got {requested}.")
         return requested
-    import ray
-
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     return max(1, int(cpus // max(num_cpus_per_job, 1e-9)) * 2)
 
 
-def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Any | None, requested_in_flight: int | None = None,
-              lease_seconds: float = 120.0, poll_seconds: float = 0.5, max_attempts: int = 3) -> RunOutcome:
-    from services.aggregator import aggregate_sweep
-    from services.scheduler.cluster import connect, disconnect
-    from services.scheduler.loop import JobEvent, Scheduler, SchedulerOptions
-    from services.sweeps import views
-    from services.sweeps.submit import plan_sweep, submit_plan
-
+def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Tracker | None, requested_in_flight: int | None = None,
+              lease_seconds: float = 120.0, poll_seconds: float = 0.5, max_attempts: int = 3,
+              infra_retries: int = 5) -> RunOutcome:
     with console.status("discovering checkpoints"):
         plan = plan_sweep(cfg)
     outcome = submit_plan(plan, name=cfg.sweep.name, submitted_by=None, database_url=plan.endpoints.database_url)
     console.print(outcome.summary())
     ends = plan.endpoints
     todo = outcome.new + outcome.already_queued
+    adaptive = cfg.sweep.checkpoints.adaptive
+    if adaptive.enabled and not todo:  # the first pass was done before: refine now, not after a scheduler pass
+        from services.scheduler.adaptive import refine_sweep
+
+        todo = refine_sweep(outcome.sweep_id, database_url=ends.database_url).new_jobs
     report = None
     if todo:
         started = connect(address=ends.ray_address, num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus)
         try:
             with views.progress_bars() as progress:
-                bar = progress.add_task(f"sweep {outcome.sweep_id} {cfg.sweep.name}", total=todo, detail="")
-                tally = {"failed": 0, "diverged": 0}
+                # An adaptive sweep adds jobs as it goes: its bar runs to the most it may need.
+                most = todo + (adaptive.budget * len(plan.jobs) // max(1, len(plan.checkpoints)) if adaptive.enabled
+                               else 0)
+                bar = progress.add_task(f"sweep {outcome.sweep_id} {cfg.sweep.name}", total=most, detail="")
+                tally = {"failed": 0, "diverged": 0, "done": 0}
 
                 def on_event(ev: JobEvent) -> None:
                     if ev.status not in TERMINAL_STATUSES:
                         return
                     tally[ev.status] = tally.get(ev.status, 0) + 1
+                    tally["done"] += 1
                     progress.advance(bar)
                     last = (f"step {ev.step}: λ̂={ev.llc_mean:.3g}" if ev.llc_mean is not None
                             else f"step {ev.step}: {ev.status}")
@@ -72,13 +78,15 @@ def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Any | None, requeste
                 opts = SchedulerOptions(database_url=ends.database_url, sweep_id=outcome.sweep_id, until_idle=True,
                                         max_in_flight=max_in_flight(requested_in_flight, cfg.sweep.resources.num_cpus),
                                         lease_seconds=lease_seconds, poll_seconds=poll_seconds,
-                                        max_attempts=max_attempts)
+                                        max_attempts=max_attempts, infra_retries=infra_retries)
                 report = Scheduler(opts, tracker=tracker, aggregate=False, on_event=on_event).run()
+                progress.update(bar, total=tally["done"])
         finally:
             disconnect(started)
         console.print(f"sweep {outcome.sweep_id}: {report.succeeded} succeeded, {report.diverged} diverged, "
                       f"{report.failed} failed")
     with console.status(f"aggregating sweep {outcome.sweep_id}: λ̂ curves, stages, plots"):
         aggregate = aggregate_sweep(sweep_id=outcome.sweep_id, database_url=ends.database_url, tracker=tracker,
+                                    storage_uri=ends.storage_uri,
                                     log_to_mlflow=tracker is not None)
     return RunOutcome(sweep_id=outcome.sweep_id, submitted=outcome, scheduler=report, aggregate=aggregate)

@@ -92,6 +92,20 @@ def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, bool) else finite_or_none(value)
 
 
+def _calibration_metrics(calibration: dict[str, Any], now: int) -> list[Any]:
+    """One MLflow step per pilot, from the largest step size down: epsilon, lambda_hat, its s.e., usable."""
+    from mlflow.entities import Metric
+
+    out: list[Any] = []
+    for i, point in enumerate(calibration.get("points") or []):
+        for key in ("epsilon", "llc_mean", "llc_se", "r_hat", "drift_z"):
+            if (v := _finite(point.get(key))) is not None:
+                out.append(Metric(f"calibration/{key}", v, now, i))
+        out.append(Metric("calibration/usable", float(bool(point.get("usable"))), now, i))
+    return out
+
+
+
 class Tracker:
     """MLflow logging for sweeps; safe to share between threads (one client, no global run)."""
 
@@ -196,16 +210,24 @@ class Tracker:
         return run_id
 
     def log_job(self, *, parent_run_id: str, job_key: str, step: int, params: dict, result: JobResult | dict,
-                existing_run_id: str | None = None) -> str:
-        """One job's child run. A job whose run already finished keeps that run untouched
-        (same key = same result); a half-logged run is marked failed and logged afresh."""
+                existing_run_id: str | None = None, artifacts: Sequence[Path] = (),
+                sweep_id: int | None = None) -> str:
+        """One job's child run (per sweep when `sweep_id` is given: a job shared by several sweeps
+        gets a child under each, tagged with that sweep's id). Found by tag before one is created,
+        so a retry never duplicates: a finished run is kept untouched (same key = same result);
+        a half-logged run is marked failed and logged afresh. An epsilon=auto calibration is
+        logged as calibration/* metrics (one step per pilot), the pick as a param and the whole
+        record as calibration.json; `artifacts` (e.g. its plot) are attached as files."""
         from mlflow.entities import Metric, Param, RunTag
 
         existing = self._live_run(existing_run_id)
         parent = self._call(lambda: self.client.get_run(parent_run_id))
         exp_id = parent.info.experiment_id
         if existing is None:
-            matches = self._find_runs(exp_id, f"tags.`{TAG_JOB_KEY}` = '{job_key}'")
+            where = f"tags.`{TAG_JOB_KEY}` = '{job_key}'"
+            if sweep_id is not None:
+                where += f" and tags.`{TAG_SWEEP_ID}` = '{sweep_id}'"
+            matches = self._find_runs(exp_id, where)
             finished = [r for r in matches if r.info.status == "FINISHED"]
             existing = finished[0] if finished else (matches[0] if matches else None)
         if existing is not None:
@@ -214,8 +236,10 @@ class Tracker:
             self._call(lambda: self.client.set_terminated(existing.info.run_id, status="FAILED"))
 
         data = _as_mapping(result)
-        run = self._call(lambda: self.client.create_run(exp_id, run_name=f"step{step}-{job_key[:8]}", tags={
-            TAG_PARENT: parent_run_id, TAG_JOB_KEY: job_key, TAG_KIND: "job"}))
+        run_tags = {TAG_PARENT: parent_run_id, TAG_JOB_KEY: job_key, TAG_KIND: "job"}
+        if sweep_id is not None:
+            run_tags[TAG_SWEEP_ID] = str(sweep_id)
+        run = self._call(lambda: self.client.create_run(exp_id, run_name=f"step{step}-{job_key[:8]}", tags=run_tags))
         run_id = run.info.run_id
         now = int(time.time() * 1000)
 
@@ -247,9 +271,24 @@ class Tracker:
                 if (v := _finite(value)) is not None:
                     metrics.append(Metric(f"loss_trace/chain_{chain}", v, now, draw))
 
+        calibration = extra.get("calibration")
+        if isinstance(calibration, dict):
+            metrics += _calibration_metrics(calibration, now)
+            if (pick := _finite(calibration.get("epsilon"))) is not None:
+                param_objs.append(Param("calibration.epsilon", repr(pick)))
+            tags.append(RunTag("llc.calibration.reason", str(calibration.get("reason", ""))[:5000]))
+
         self._log_batch(run_id, metrics=metrics, params=param_objs, tags=tags)
+        if isinstance(calibration, dict):
+            self._call(lambda: self.client.log_dict(run_id, calibration, "calibration.json"))
+        for path in artifacts:
+            self._call(lambda p=path: self.client.log_artifact(run_id, str(p)))
         self._call(lambda: self.client.set_terminated(run_id, status="FINISHED"))
         return run_id
+
+    def end_run(self, run_id: str, *, status: str) -> None:
+        """End a run (the sweep's parent) with FINISHED, FAILED or KILLED, as its sweep ended."""
+        self._call(lambda: self.client.set_terminated(run_id, status=status))
 
     def log_aggregate(self, *, parent_run_id: str, series: dict[str, list[tuple[int, float]]],
                       artifacts: Sequence[Path], existing_run_id: str | None = None) -> str:

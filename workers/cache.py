@@ -7,14 +7,16 @@ checkpoint at once download it once, and no reader ever sees a partial entry.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -27,6 +29,8 @@ DEFAULT_MAX_BYTES = 20 * 2**30
 MANIFEST = ".llc-cache.json"
 # Entries used this recently are never evicted: another process may be loading them.
 _EVICT_GRACE_S = 60.0
+#: a full disk: make room (evict) and try again, then fall back to a temporary directory
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class CacheError(ValueError):
@@ -57,8 +61,42 @@ class LocalCache:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         self.max_bytes = max_bytes
         self.evict_grace_s = evict_grace_s
+        self.fallback_reason: str | None = None    # why this cache lives in a temporary directory
+        try:
+            self._prepare(self.root)
+        except OSError as exc:   # read-only, full, or not a directory: jobs still run, uncached for long
+            self._fall_back(f"{type(exc).__name__}: {exc.strerror or exc}")
+
+    @staticmethod
+    def _prepare(root: Path) -> None:
+        """Create the layout and prove it writable (a read-only mount lets mkdir of existing dirs pass)."""
         for sub in ("entries", "locks", "tmp"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        probe = root / "tmp" / f".probe-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+
+    def _fall_back(self, reason: str) -> None:
+        """Move to a per-user directory under the system temp dir, shared by this node's workers."""
+        if self.fallback_reason is not None:
+            raise OSError(errno.ENOSPC, f"the fallback cache {self.root} is unusable too ({reason})")
+        fallback = Path(tempfile.gettempdir()) / f"llc-cache-fallback-{os.getuid()}"
+        log.warning("cache directory %s is unusable (%s); caching in %s instead: fix LLC_CACHE_DIR or free space",
+                    self.root, reason, fallback)
+        fallback.mkdir(mode=0o700, exist_ok=True)
+        self._prepare(fallback)
+        self.root = fallback
+        self.fallback_reason = reason
+
+    def cached(self, uri: str, fingerprint: str) -> tuple[Path, list[ObjectInfo]] | None:
+        """The complete entry for (uri, fingerprint) and its files, without asking the store."""
+        final = self.entry_dir(uri, fingerprint)
+        try:
+            meta = json.loads((final / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        self._touch(final)
+        return final, [ObjectInfo(key=k, size=int(size), etag=str(etag)) for k, size, etag in meta["files"]]
 
     def entry_dir(self, uri: str, fingerprint: str) -> Path:
         return self.root / "entries" / entry_key(uri, fingerprint)
@@ -67,7 +105,37 @@ class LocalCache:
         return FileLock(str(self.root / "locks" / f"{key}.lock"))
 
     def fetch(self, uri: str, fingerprint: str, files: Sequence[ObjectInfo]) -> Path:
-        """The local directory holding `files` (keys relative to `uri`), downloading them if needed."""
+        """The local directory holding `files` (keys relative to `uri`), downloading them if needed.
+
+        A full disk first evicts every entry not in use and tries again, then falls back to a
+        temporary directory; only when that is full too does the OSError reach the job.
+        """
+        return self._on_full_disk(lambda: self._fetch(uri, fingerprint, files))
+
+    def _on_full_disk(self, fill: Callable[[], Path]) -> Path:
+        try:
+            return fill()
+        except OSError as exc:
+            if exc.errno == errno.EROFS:      # remounted read-only under us: eviction cannot help
+                self._fall_back(f"read-only: {exc.strerror}")
+                return fill()
+            if exc.errno not in _FULL_ERRNOS:
+                raise
+            log.warning("cache %s is full (%s); evicting unused entries and retrying", self.root, exc.strerror)
+        bound, self.max_bytes = self.max_bytes, 0
+        try:
+            self.evict()
+        finally:
+            self.max_bytes = bound
+        try:
+            return fill()
+        except OSError as exc:
+            if exc.errno not in _FULL_ERRNOS:
+                raise
+            self._fall_back(f"still full after eviction: {exc.strerror}")
+        return fill()
+
+    def _fetch(self, uri: str, fingerprint: str, files: Sequence[ObjectInfo]) -> Path:
         key = entry_key(uri, fingerprint)
         final = self.root / "entries" / key
         if (final / MANIFEST).is_file():

@@ -92,12 +92,36 @@ def _parse_header(raw: bytes, uri: str) -> DatasetHeader:
     return header
 
 
+def read_header(uri: str) -> DatasetHeader:
+    """The dataset's header alone (one small read): what submission checks before writing jobs."""
+    uri = uri.rstrip("/")
+    try:
+        raw = open_store(uri).get_bytes(HEADER_FILE)
+    except ObjectStoreError as exc:
+        raise DatasetError(f"There is no token dataset at {uri} ({str(exc).rstrip('.')}); point the dataset URI "
+                           "at a prefix holding tokens.bin + header.json.") from exc
+    return _parse_header(raw, uri)
+
+
 _MEMO: OrderedDict[tuple[str, str, int | None], TokenDataset] = OrderedDict()
 _MEMO_SIZE = 4
 
 
+def dataset_fingerprint(uri: str) -> str:
+    """The content fingerprint of a dataset prefix (what the cache keys it by)."""
+    uri = uri.rstrip("/")
+    try:
+        listing = {o.key: o for o in open_store(uri).list() if o.key in (TOKENS_FILE, HEADER_FILE)}
+    except ObjectStoreError as exc:
+        raise DatasetError(str(exc)) from exc
+    if len(listing) < 2:
+        raise DatasetError(f"There is no token dataset at {uri}; point the dataset URI at a prefix holding "
+                           "tokens.bin + header.json.")
+    return fingerprint_of(tuple(listing[name] for name in (HEADER_FILE, TOKENS_FILE)))
+
+
 def load_token_dataset(uri: str, *, cache: LocalCache | None = None, max_sequences: int | None = None,
-                       memo: bool = False) -> TokenDataset:
+                       memo: bool = False, fingerprint: str | None = None) -> TokenDataset:
     """Load a dataset prefix (through the local cache when given).
 
     memo=True keeps the last few datasets of this process in memory, keyed by content
@@ -106,9 +130,11 @@ def load_token_dataset(uri: str, *, cache: LocalCache | None = None, max_sequenc
     uri = uri.rstrip("/")
     if max_sequences is not None and max_sequences <= 0:
         raise DatasetError(f"max_sequences for {uri} must be positive, got {max_sequences}.")
+    hit = cache.cached(uri, fingerprint) if cache is not None and fingerprint else None
     try:
         store = open_store(uri)
-        listing = {o.key: o for o in store.list() if o.key in (TOKENS_FILE, HEADER_FILE)}
+        # A cached copy of the fingerprint asked for needs no listing: the job runs while S3 is away.
+        listing = {o.key: o for o in (hit[1] if hit else store.list()) if o.key in (TOKENS_FILE, HEADER_FILE)}
     except ObjectStoreError as exc:
         raise DatasetError(str(exc)) from exc
     missing = [name for name in (HEADER_FILE, TOKENS_FILE) if name not in listing]
@@ -174,17 +200,42 @@ class InductionBatch:
     source: np.ndarray       # (N, seq_len) int64: for in-context targets, the earlier position holding it
 
 
+def skip_bigram_map(vocab_size: int) -> np.ndarray:
+    """The fixed token → token map of the skip-bigram structure (the same for every seed, so
+    the training batches, the λ̂ dataset and the held-out set share it)."""
+    return np.random.default_rng(10_007).permutation(vocab_size).astype(np.int64)
+
+
+def _add_skip_bigrams(tokens: np.ndarray, rng: np.random.Generator, rate: float, vocab_size: int) -> None:
+    """With probability `rate`, token t becomes map[token t − 2]: predictable from the token two
+    back, which a layer-0 previous-token head hands to position t − 1 (a half induction circuit
+    that pays off on its own)."""
+    table = skip_bigram_map(vocab_size)
+    pick = rng.random(tokens.shape) < rate
+    pick[:, :2] = False
+    for t in np.nonzero(pick.any(0))[0]:  # left to right, so a chain of picks stays consistent
+        rows = pick[:, t]
+        tokens[rows, t] = table[tokens[rows, t - 2]]
+
+
 def induction_sequences(*, num_sequences: int, seq_len: int, vocab_size: int, seed: int | np.random.Generator,
-                        min_segment: int | None = None, max_segment: int | None = None) -> InductionBatch:
+                        min_segment: int | None = None, max_segment: int | None = None,
+                        skip_bigram: float = 0.0) -> InductionBatch:
     """Uniform random tokens in which a random segment appears twice at random offsets.
 
     Only an induction circuit predicts the second copy: find the earlier occurrence of the
     current token and copy the token after it. The random offsets rule out positional shortcuts.
+    `skip_bigram` > 0 adds structure a previous-token head alone can use (see _add_skip_bigrams),
+    laid down before the segment is copied so the copy stays exact.
     """
+    if not 0.0 <= skip_bigram < 1.0:
+        raise DatasetError(f"skip_bigram is a probability in [0, 1), got {skip_bigram}; pick e.g. 0.2.")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     lo = min_segment or max(2, seq_len // 6)
     hi = max_segment or max(lo, seq_len // 2)
     tokens = rng.integers(0, vocab_size, size=(num_sequences, seq_len), dtype=np.int64)
+    if skip_bigram > 0:
+        _add_skip_bigrams(tokens, rng, skip_bigram, vocab_size)
     in_context = np.zeros((num_sequences, seq_len), dtype=bool)
     source = np.full((num_sequences, seq_len), -1, dtype=np.int64)
     lengths = rng.integers(lo, hi + 1, size=num_sequences)

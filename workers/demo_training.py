@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from workers.checkpoints import CheckpointError, discover_checkpoints
 from workers.datasets import induction_sequences, write_token_dataset
+from workers.head_scores import scores_from_attentions
 from workers.models import AttnOnlyConfig, AttnOnlyForCausalLM
 from workers.objectstore import join_uri, open_store
 
@@ -49,6 +50,7 @@ class DemoSettings:
     warmup_steps: int = 50
     dataset_sequences: int = 1024
     eval_sequences: int = 256
+    skip_bigram: float = 0.0        # share of tokens set by the token two back (workers.datasets)
 
 
 @dataclass
@@ -97,7 +99,8 @@ def formation_step(checkpoints: list[dict]) -> int | None:
 @torch.no_grad()
 def evaluate(model: AttnOnlyForCausalLM, tokens: torch.Tensor, in_context: torch.Tensor,
              source: torch.Tensor) -> dict[str, float]:
-    """Loss overall and on the repeated segment, and the best head's induction attention."""
+    """Loss overall and on the repeated segment, the best head's induction attention, and every
+    head's previous-token and induction scores (`heads`)."""
     model.eval()
     out = model(tokens, output_attentions=True)
     nll = F.cross_entropy(out.logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")  # (N, T-1)
@@ -105,15 +108,12 @@ def evaluate(model: AttnOnlyForCausalLM, tokens: torch.Tensor, in_context: torch
     rows, targets = mask.nonzero(as_tuple=True)
     targets = targets + 1
     queries, keys = targets - 1, source[rows, targets]
-    scores = []
-    for layer, pattern in enumerate(out.attentions):     # (N, H, T, T)
-        per_head = pattern[rows, :, queries, keys].mean(0)  # (H,)
-        scores += [(float(s), layer, h) for h, s in enumerate(per_head)]
-    best = max(scores)
+    heads = scores_from_attentions(out.attentions, tokens, targets=(rows, queries, keys))
+    best = max(heads, key=lambda h: (heads[h]["induction"], h))
     model.train()
     return {"loss": float(nll.mean()), "in_context_loss": float(nll[mask].mean()),
-            "other_loss": float(nll[~mask].mean()), "induction_score": best[0],
-            "induction_head": f"{best[1]}.{best[2]}"}
+            "other_loss": float(nll[~mask].mean()), "induction_score": heads[best]["induction"],
+            "induction_head": best, "heads": heads}
 
 
 def _existing_run(run_uri: str, settings: DemoSettings) -> list[dict] | None:
@@ -188,7 +188,7 @@ def train_demo(run_uri: str, settings: DemoSettings | None = None, *, force: boo
 def _train(run_uri: str, settings: DemoSettings, *, show_progress: bool) -> list[dict]:
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    task = dict(seq_len=settings.seq_len, vocab_size=settings.vocab_size)
+    task = dict(seq_len=settings.seq_len, vocab_size=settings.vocab_size, skip_bigram=settings.skip_bigram)
     dataset = induction_sequences(num_sequences=settings.dataset_sequences, seed=settings.seed + 1, **task)
     write_token_dataset(join_uri(run_uri, DATASET_PREFIX), dataset.tokens, vocab_size=settings.vocab_size)
     held_out = induction_sequences(num_sequences=settings.eval_sequences, seed=settings.seed + 2, **task)

@@ -7,6 +7,7 @@ a diverged estimate is a normal result with diverged=True.
 """
 from __future__ import annotations
 
+import errno
 import math
 import socket
 import time
@@ -21,10 +22,32 @@ from torch import nn
 from workers.cache import LocalCache
 from workers.checkpoints import CheckpointError, CheckpointRef, inspect_checkpoint
 from workers.datasets import DatasetError, TokenDataset, check_fits_model, load_token_dataset
+from workers.objectstore import ObjectStoreUnavailable
 
 
 class JobInputError(ValueError):
     """A job whose inputs cannot be used (missing/corrupt checkpoint, bad dataset or spec)."""
+
+
+class JobInfraError(RuntimeError):
+    """The node or a service failed the job (S3 away, cache disk full or read-only): nothing is
+    wrong with the job, so the scheduler retries it with backoff instead of failing it."""
+
+
+#: OS errors that are the node's fault, not the job's
+_INFRA_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO})
+
+
+def _infra_cause(exc: BaseException) -> BaseException | None:
+    """The infrastructure fault behind `exc` (itself or a cause in its chain), if any."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, ObjectStoreUnavailable) or (isinstance(cur, OSError) and cur.errno in _INFRA_ERRNOS):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
 
 
 @dataclass(frozen=True)
@@ -65,6 +88,7 @@ class JobSpec:
     epsilon_hint: float | None = None     # epsilon=auto: a step picked on another checkpoint of the sweep, re-checked here
     dtype: str = "float32"                # the model computes in: float32 | bfloat16 | float16 (SGLD state stays fp32)
     memory_bytes: int | None = None       # memory the job may use on its device (the scheduler's figure for the worker)
+    dataset_fingerprint: str | None = None  # the dataset as submitted: a cached copy is used without listing (not in the key)
 
 
 def _json_float(x: Any) -> float | None:
@@ -150,7 +174,12 @@ def _load_model(spec: JobSpec, cache: LocalCache, device: str) -> tuple[nn.Modul
     key = (spec.checkpoint_uri, spec.fingerprint, device, spec.dtype)
     if key in _MODEL_MEMO:
         return _MODEL_MEMO[key]
-    ref = inspect_checkpoint(spec.checkpoint_uri, step=spec.step)
+    hit = cache.cached(spec.checkpoint_uri, spec.fingerprint)
+    if hit is not None:   # verified when it was filled: the job runs without listing S3 (or while it is away)
+        ref = CheckpointRef(run=spec.checkpoint_uri.rstrip("/").rpartition("/")[0], step=spec.step,
+                            uri=spec.checkpoint_uri, fingerprint=spec.fingerprint, files=tuple(hit[1]))
+    else:
+        ref = inspect_checkpoint(spec.checkpoint_uri, step=spec.step)
     if ref.fingerprint != spec.fingerprint:
         raise JobInputError(f"Checkpoint {spec.checkpoint_uri} changed since the sweep was submitted (fingerprint "
                             f"{ref.fingerprint[:12]} != {spec.fingerprint[:12]}); resubmit the sweep to estimate "
@@ -192,13 +221,17 @@ def run_job(spec: JobSpec, *, progress: Callable[[int, int], None] | None = None
     cache = LocalCache(spec.cache_dir) if spec.cache_dir else LocalCache()
     try:
         model, ref = _load_model(spec, cache, device)
-        dataset: TokenDataset = load_token_dataset(spec.dataset.uri, cache=cache,
+        dataset: TokenDataset = load_token_dataset(spec.dataset.uri, cache=cache, fingerprint=spec.dataset_fingerprint,
                                                    max_sequences=spec.dataset.max_sequences, memo=True)
         cfg = model.config
         positions = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
         check_fits_model(dataset, model_vocab_size=int(cfg.vocab_size), max_positions=positions,
                          model_uri=spec.checkpoint_uri)
-    except (CheckpointError, DatasetError) as exc:
+    except (CheckpointError, DatasetError, OSError) as exc:
+        if (cause := _infra_cause(exc)) is not None:
+            raise JobInfraError(f"{' '.join(str(exc).split())} ({type(cause).__name__})") from exc
+        if isinstance(exc, OSError):
+            raise
         raise JobInputError(str(exc)) from exc
     if config.batch_size > len(dataset):
         raise JobInputError(f"batch_size={config.batch_size} is larger than the {len(dataset)} sequences of "

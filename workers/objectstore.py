@@ -33,6 +33,14 @@ class ObjectStoreError(ValueError):
     """A store URI that cannot be used (missing bucket, unreachable endpoint, missing object)."""
 
 
+class ObjectStoreUnavailable(ObjectStoreError):
+    """The store is away (unreachable, 5xx, transfers keep breaking): an infrastructure fault,
+    worth retrying later, unlike a missing object or bucket."""
+
+
+_UNAVAILABLE_CODES = ("InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout", "500", "502", "503", "504")
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str          # relative to the store's prefix, '/'-separated
@@ -88,17 +96,30 @@ def md5_file(path: Path) -> str:
 
 
 class FileStore:
-    """A local directory; writes are atomic (temp file + rename) so readers never see halves."""
+    """A local directory; writes are atomic (temp file + rename) so readers never see halves.
+
+    Confined to its root: keys with `.`/`..` parts are refused and symlinks whose target lies
+    outside the root are neither listed nor read (a checkpoint cannot smuggle in /etc/passwd).
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.uri = root.as_uri()
+        self._real_root = root.resolve()
 
     def _path(self, key: str) -> Path:
         key = key.strip("/")
         if any(part in ("..", ".") for part in key.split("/")):
-            raise ObjectStoreError(f"The key {key!r} under {self.uri} is not a plain relative path.")
-        return self.root / key if key else self.root
+            raise ObjectStoreError(f"The key {key!r} under {self.uri} is not a plain relative path; "
+                                   "drop its '.' and '..' parts.")
+        path = self.root / key if key else self.root
+        if not self._inside(path):
+            raise ObjectStoreError(f"The object {join_uri(self.uri, key)} is a symlink out of the store root "
+                                   f"{self.root}; copy the file into the store instead of linking it.")
+        return path
+
+    def _inside(self, path: Path) -> bool:
+        return path.resolve().is_relative_to(self._real_root)
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         base = self._path(prefix)
@@ -106,6 +127,9 @@ class FileStore:
             return []
         out = []
         for path in sorted(base.rglob("*")):
+            if not self._inside(path):
+                log.warning("skipping %s: a symlink out of the store root %s", path, self.root)
+                continue
             if path.is_file() and not path.name.startswith(".tmp-"):
                 st = path.stat()
                 out.append(ObjectInfo(key=path.relative_to(self.root).as_posix(), size=st.st_size,
@@ -199,7 +223,7 @@ class S3Store:
         return "/".join(p for p in (self.prefix, key.strip("/")) if p)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+        from botocore.exceptions import ClientError, EndpointConnectionError, HTTPClientError, NoCredentialsError
         from botocore.exceptions import ConnectionError as BotoConnectionError
 
         for attempt in range(_ATTEMPTS):
@@ -218,17 +242,23 @@ class S3Store:
                 if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                     raise ObjectStoreError(f"Access to {what} was denied ({code}); check the AWS credentials "
                                            "and the bucket policy.") from None
+                if code in _UNAVAILABLE_CODES:
+                    raise ObjectStoreUnavailable(f"S3 answered {code} for {what}; it is overloaded or down, "
+                                                 "retry later.") from exc
                 raise ObjectStoreError(f"S3 refused {what} ({code or exc}); check the URI and the S3 service.") \
                     from exc
             except (EndpointConnectionError, BotoConnectionError) as exc:
                 endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
-                raise ObjectStoreError(f"S3 at {endpoint} could not be reached for {what}; check that it is up "
-                                       "and that AWS_ENDPOINT_URL_S3 points at it.") from exc
+                raise ObjectStoreUnavailable(f"S3 at {endpoint} could not be reached for {what}; check that it is "
+                                             "up and that AWS_ENDPOINT_URL_S3 points at it.") from exc
             except Exception as exc:  # noqa: BLE001 - classified below
                 if not _is_transient(exc):
+                    if isinstance(exc, HTTPClientError):   # connection closed or broken before an answer
+                        raise ObjectStoreUnavailable(f"S3 dropped the connection for {what} ({type(exc).__name__}); "
+                                                     "retry when it is back.") from exc
                     raise
                 if attempt == _ATTEMPTS - 1:
-                    raise ObjectStoreError(f"Reading {what} from S3 kept failing ({type(exc).__name__}) after "
+                    raise ObjectStoreUnavailable(f"Reading {what} from S3 kept failing ({type(exc).__name__}) after "
                                            f"{_ATTEMPTS} attempts; retry later.") from exc
             delay = _BASE_DELAY_S * (2 ** attempt) * (0.5 + random.random())
             log.warning("transient S3 error on %s; retrying in %.1fs", what, delay)

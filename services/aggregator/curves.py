@@ -35,6 +35,7 @@ class CheckpointPoint:
     n_jobs: int               # seeds
     loss_wstar: float | None  # L_n(w*) at the checkpoint (init_loss for results without it), mean over jobs
     r_hat_max: float | None   # worst R-hat over the seeds' jobs (None if any job lacks one)
+    estimates: tuple[float, ...] = ()   # every per-chain λ̂ of every seed (what the stage bootstrap resamples)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class SettingCurve:
     points: tuple[CheckpointPoint, ...]   # sorted by step
     counts: dict[str, int]                # job status -> count, for this setting
     diverged_steps: tuple[int, ...] = field(default=())  # checkpoints where a job diverged
+    partial_steps: tuple[int, ...] = field(default=())   # checkpoints with a job kept after dropping some chains
 
     @property
     def metric_label(self) -> str:
@@ -86,11 +88,25 @@ def _point(step: int, rows: list[ResultRow]) -> CheckpointPoint | None:
         llc_sem=std / math.sqrt(arr.size) if math.isfinite(std) else float("nan"),
         n_estimates=int(arr.size), n_jobs=len(rows), loss_wstar=float(np.mean(losses)) if losses else None,
         r_hat_max=None if any(r is None for r in rhats) else float(max(rhats)),  # type: ignore[type-var]
+        estimates=tuple(float(v) for v in arr),
     )
 
 
-def build_curves(rows: Iterable[ResultRow]) -> tuple[list[SettingCurve], Counter[str]]:
-    """Curves per setting (sorted by ε, then label) and the sweep's job counts by status."""
+def diverged_share(row: ResultRow) -> float:
+    """Share of the job's chains that diverged (dropped chains have no finite per-chain λ̂)."""
+    chains = list(row.llc_per_chain or [])
+    if not chains:
+        return 1.0
+    return sum(1 for c in chains if finite_or_none(c) is None) / len(chains)
+
+
+def build_curves(rows: Iterable[ResultRow], *, max_diverged_share: float = 0.0
+                 ) -> tuple[list[SettingCurve], Counter[str]]:
+    """Curves per setting (sorted by ε, then label) and the sweep's job counts by status.
+
+    A diverged job whose share of dropped chains is at most max_diverged_share (and that has
+    an estimate) is kept in its curve from its surviving chains and marked (counts
+    "partially_diverged", partial_steps); above it the job is left out, as with 0 (the default)."""
     groups: dict[str, list[ResultRow]] = defaultdict(list)
     hyper: dict[str, dict[str, Any]] = {}
     totals: Counter[str] = Counter()
@@ -106,7 +122,14 @@ def build_curves(rows: Iterable[ResultRow]) -> tuple[list[SettingCurve], Counter
         by_step: dict[int, list[ResultRow]] = defaultdict(list)
         counts: Counter[str] = Counter()
         diverged: set[int] = set()
+        partial: set[int] = set()
         for row in groups[key]:
+            if row.status == "diverged" and finite_or_none(row.llc_mean) is not None \
+                    and diverged_share(row) <= max_diverged_share:
+                counts["partially_diverged"] += 1
+                partial.add(int(row.step))
+                by_step[int(row.step)].append(row)
+                continue
             counts[row.status] += 1
             if row.status == JobStatus.DIVERGED:
                 diverged.add(int(row.step))
@@ -114,6 +137,7 @@ def build_curves(rows: Iterable[ResultRow]) -> tuple[list[SettingCurve], Counter
                 by_step[int(row.step)].append(row)
         points = [p for step in sorted(by_step) if (p := _point(step, by_step[step])) is not None]
         curves.append(SettingCurve(key=key, label=labels[key], hyperparameters=hyper[key], points=tuple(points),
-                                   counts=dict(counts), diverged_steps=tuple(sorted(diverged))))
+                                   counts=dict(counts), diverged_steps=tuple(sorted(diverged)),
+                                   partial_steps=tuple(sorted(partial))))
     curves.sort(key=lambda c: (c.epsilon, c.label))
     return curves, totals

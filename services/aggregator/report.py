@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.aggregator.bootstrap import StageUncertainty
 from services.aggregator.curves import SettingCurve
 from services.aggregator.stability import Recommendation, SettingStability
 from services.aggregator.stages import DetectedStage, StageDetection
@@ -20,13 +21,34 @@ class SettingStage:
     label: str
     hyperparameters: dict[str, Any]
     stage: DetectedStage
+    uncertainty: StageUncertainty | None = None   # bootstrap intervals and type probabilities
+    heads: str = ""                               # heads whose scores moved in the stage, e.g. "0.1 prev-token +0.52"
 
     def as_dict(self) -> dict[str, Any]:
         s = self.stage
-        return {"setting": self.label, "setting_key": self.setting_key, "stage": s.index + 1,
-                "start_step": s.start_step, "end_step": s.end_step, "kind": s.kind,
-                "llc_start": s.llc_start, "llc_end": s.llc_end, "llc_change": s.llc_change,
-                "loss_start": s.loss_start, "loss_end": s.loss_end, "loss_change": s.loss_change}
+        out = {"setting": self.label, "setting_key": self.setting_key, "stage": s.index + 1,
+               "start_step": s.start_step, "end_step": s.end_step, "kind": s.kind,
+               "llc_start": s.llc_start, "llc_end": s.llc_end, "llc_change": s.llc_change,
+               "loss_start": s.loss_start, "loss_end": s.loss_end, "loss_change": s.loss_change,
+               "heads": self.heads}
+        if self.uncertainty is not None:
+            out.update(self.uncertainty.as_dict())
+        return out
+
+    @property
+    def steps_text(self) -> str:
+        """"312 [280–350] – 880 [820–940]": each boundary with its bootstrap interval."""
+        u = self.uncertainty
+        if u is None:
+            return f"{self.stage.start_step}–{self.stage.end_step}"
+        return f"{u.interval_text('start')} – {u.interval_text('end')}"
+
+    @property
+    def kind_text(self) -> str:
+        u = self.uncertainty
+        if u is None or not u.kind_probability:
+            return self.stage.kind
+        return f"{self.stage.kind} ({u.kind_probability.get(self.stage.kind, 0.0):.0%})"
 
 
 @dataclass
@@ -44,10 +66,13 @@ class AggregateReport:
     loss_source: str                              # which loss typed the stages
     plots: list[Path] = field(default_factory=list)
     artifacts: list[Path] = field(default_factory=list)
+    artifact_uris: list[str] = field(default_factory=list)   # the same files in the object store
     parent_run_id: str | None = None
     mlflow_run_id: str | None = None
     tracking_error: str | None = None
     notes: list[str] = field(default_factory=list)
+    head_scores: dict[int, dict[str, dict[str, float]]] = field(default_factory=dict)   # step → head → scores
+    bootstraps: dict[str, Any] = field(default_factory=dict)      # setting key → BootstrapStages
 
     @property
     def left_out(self) -> dict[str, int]:
@@ -62,8 +87,9 @@ class AggregateReport:
         from rich.table import Table
 
         table = Table(title=f"Developmental stages — sweep {self.sweep_id} ({self.sweep_name})")
-        for name, justify in (("setting", "left"), ("stage", "right"), ("steps", "right"), ("type", "center"),
-                              ("Δλ̂", "right"), ("Δloss", "right")):
+        for name, justify in (("setting", "left"), ("stage", "right"), ("steps [5–95 % interval]", "right"),
+                              ("type (prob.)", "center"), ("Δλ̂", "right"), ("Δloss", "right"),
+                              ("heads that moved", "left")):
             table.add_column(name, justify=justify)  # type: ignore[arg-type]
         rec = self.recommended.key if self.recommended else None
         order = sorted(self.stages, key=lambda s: (s.setting_key != rec, s.label, s.stage.index))
@@ -71,10 +97,10 @@ class AggregateReport:
             s = item.stage
             mark = "★ " if item.setting_key == rec else ""
             dloss = "—" if s.loss_change is None else f"{s.loss_change:+.3g}"
-            table.add_row(f"{mark}{item.label}", str(s.index + 1), f"{s.start_step}–{s.end_step}", s.kind,
-                          f"{s.llc_change:+.3g}", dloss)
+            table.add_row(f"{mark}{item.label}", str(s.index + 1), item.steps_text, item.kind_text,
+                          f"{s.llc_change:+.3g}", dloss, item.heads or "—")
         if not self.stages:
-            table.add_row("(none)", "", "", "", "", "")
+            table.add_row("(none)", "", "", "", "", "", "")
         return table
 
     def stability_table(self) -> Any:
@@ -99,10 +125,11 @@ class AggregateReport:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         rows = [s.as_dict() for s in self.stages]
         fields = ["setting", "setting_key", "stage", "start_step", "end_step", "kind", "llc_start", "llc_end",
-                  "llc_change", "loss_start", "loss_end", "loss_change"]
+                  "llc_change", "loss_start", "loss_end", "loss_change", "heads", "start_interval", "end_interval",
+                  "kind_probability", "resolved"]
         csv_path = self.out_dir / "stages.csv"
         with csv_path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
+            writer = csv.DictWriter(f, fieldnames=fields, restval="")
             writer.writeheader()
             writer.writerows(rows)
         json_path = self.out_dir / "stages.json"

@@ -16,12 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from services.aggregator.bootstrap import BootstrapStages, bootstrap_stages
 from services.aggregator.curves import SettingCurve, build_curves
+from services.aggregator.head_scores import (HeadScores, describe_moves, head_llc_moves, mlflow_head_series, moved_heads,
+                                            read_head_scores)
 from services.aggregator.heads import head_maps, plot_head_map
 from services.aggregator.plots import LossSeries, plot_overview, plot_setting
 from services.aggregator.report import AggregateReport, SettingStage
 from services.aggregator.stability import assess, recommend
-from services.aggregator.stages import StageDetection, detect_stages
+from services.aggregator.stages import StageDetection
 from services.core.paths import llc_home
 from services.store.db import ensure_schema, session_scope
 from services.store.entities import StageRow
@@ -109,10 +112,16 @@ def _slug(text: str) -> str:
 
 def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None = None,
                     out_dir: Path | None = None, log_to_mlflow: bool = True, z: float = 3.0,
-                    r_hat_threshold: float = 1.1, max_rel_spread: float = 0.5) -> AggregateReport:
+                    r_hat_threshold: float = 1.1, max_rel_spread: float = 0.5,
+                    bootstrap_replicates: int = 100, max_diverged_share: float = 0.0,
+                    storage_uri: str | None = None) -> AggregateReport:
     """Aggregate one sweep; MLflow only with a `tracker` and `log_to_mlflow`. An
     unreachable tracking server does not lose the work: stages are stored and files written,
-    and the report's `tracking_error` says what failed. Step 0 is kept (fits use log(step+1))."""
+    and the report's `tracking_error` says what failed. Step 0 is kept (fits use log(step+1)).
+    max_diverged_share: jobs that dropped at most this share of their chains stay in the curves
+    (marked); 0 leaves every job with a diverged chain out. With `storage_uri`, plots and stage
+    files are also put under `<storage>/aggregates/sweep-<id>/` so a team finds them where its
+    checkpoints are, not on one machine's disk."""
     ensure_schema(database_url)
     with session_scope(database_url) as session:
         sweep = get_sweep(session, sweep_id=sweep_id)
@@ -120,12 +129,14 @@ def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None
         rows = sweep_results(session, sweep_id=sweep_id)
 
     notes: list[str] = []
-    curves, counts = build_curves(rows)
+    curves, counts = build_curves(rows, max_diverged_share=max_diverged_share)
     metadata = _metadata_by_step([r for r in rows if r.status == "succeeded"], notes)
     losses = _loss_series(curves, metadata)
     loss_name = _pick_loss(losses)
 
+    heads = read_head_scores((int(r.step), r.checkpoint_uri) for r in rows if r.status == "succeeded")
     detections: dict[str, StageDetection] = {}
+    boots: dict[str, BootstrapStages] = {}
     for curve in curves:
         if len(curve.points) < 2:
             continue
@@ -137,8 +148,11 @@ def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None
             lsteps, lvals = losses[loss_name]
         else:
             lsteps, lvals = [], []
-        detections[curve.key] = detect_stages(steps, mean, sem, loss_steps=lsteps or None,
-                                              loss=lvals if len(lvals) >= 2 else None, z=z)
+        boot = bootstrap_stages(steps, [p.estimates or (p.llc_mean,) for p in curve.points],
+                                loss_steps=lsteps or None, loss=lvals if len(lvals) >= 2 else None, z=z,
+                                replicates=bootstrap_replicates)
+        boots[curve.key] = boot
+        detections[curve.key] = boot.detection
 
     verdicts = assess(curves, r_hat_threshold=r_hat_threshold, max_rel_spread=max_rel_spread)
     recommended = recommend(verdicts)
@@ -148,8 +162,7 @@ def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None
         primary = by_quality[0][1].key
         notes.append("no setting is usable (see the stability table); MLflow `llc` follows the setting with the most estimates")
 
-    stages = [SettingStage(c.key, c.label, c.hyperparameters, s) for c in curves for s in
-              (detections[c.key].stages if c.key in detections else ())]
+    stages = [_setting_stage(c, u, heads, curves) for c in curves for u in (boots[c.key].stages if c.key in boots else ())]
     stored = [StageRow(hyperparameters=s.hyperparameters, start_step=s.stage.start_step, end_step=s.stage.end_step,
                        kind=s.stage.kind, llc_change=s.stage.llc_change, loss_change=s.stage.loss_change,
                        details={**s.as_dict(), "loss_source": loss_name, "step_axis": "log(step + 1)"})
@@ -161,19 +174,48 @@ def aggregate_sweep(*, sweep_id: int, database_url: str, tracker: Tracker | None
         sweep_id=sweep_id, sweep_name=sweep_name, out_dir=out_dir or default_out_dir(sweep_id), curves=curves,
         detections=detections, stages=stages, stability=verdicts, recommended=recommended, primary_key=primary,
         counts=dict(counts), loss_source=loss_name or "none", notes=notes)
+    report.head_scores = heads
+    report.bootstraps = boots
     _write_plots(report, losses, loss_name)
     head_files = _write_head_maps(report)
     report.artifacts = [*report.plots, *report.write_stage_files(), *head_files]
+    if storage_uri:
+        from workers.objectstore import ObjectStoreError
+
+        try:
+            report.artifact_uris = _upload(report.artifacts, storage_uri=storage_uri, sweep_id=sweep_id)
+        except ObjectStoreError as exc:   # the local files and MLflow still have them
+            notes.append(f"plots not copied to the object store: {exc}")
 
     if log_to_mlflow and tracker is not None:
         try:
             report.parent_run_id = sweep_parent_run(tracker, sweep_id=sweep_id, database_url=database_url)
             report.mlflow_run_id = tracker.log_aggregate(parent_run_id=report.parent_run_id,
-                                                         series=mlflow_series(report, losses),
+                                                         series={**mlflow_series(report, losses),
+                                                                 **mlflow_head_series(heads)},
                                                          artifacts=report.artifacts)
         except TrackingUnavailable as exc:
             report.tracking_error = str(exc)
     return report
+
+
+def _setting_stage(curve: SettingCurve, u: Any, heads: HeadScores, curves: Sequence[SettingCurve]) -> SettingStage:
+    """The stage with the heads whose scores (checkpoint metadata) and per-head λ̂ (component
+    curves) moved in it."""
+    start, end = u.stage.start_step, u.stage.end_step
+    moves = moved_heads(heads, start, end) if heads else []
+    llc_moves = head_llc_moves(curves, curve, start, end)
+    text = "; ".join(t for t in (describe_moves(moves), describe_moves(llc_moves)) if t)
+    return SettingStage(curve.key, curve.label, curve.hyperparameters, u.stage, uncertainty=u, heads=text)
+
+
+def _upload(paths: list[Path], *, storage_uri: str, sweep_id: int) -> list[str]:
+    from workers.objectstore import join_uri, open_store
+
+    store = open_store(join_uri(storage_uri, "aggregates", f"sweep-{sweep_id}"))
+    for path in paths:
+        store.upload(path, path.name)
+    return [join_uri(store.uri, p.name) for p in paths]
 
 
 def _write_plots(report: AggregateReport, losses: dict[str, tuple[list[float], list[float]]],
@@ -186,6 +228,7 @@ def _write_plots(report: AggregateReport, losses: dict[str, tuple[list[float], l
         title = f"{report.sweep_name}: λ̂ over training — {curve.label or 'setting'}"
         report.plots.append(plot_setting(path, curve=curve, detection=report.detections.get(curve.key),
                                          losses=shown, title=title))
+    _write_head_plots(report, shown)
     if any(c.points for c in report.curves):
         rec = report.recommended.key if report.recommended else None
         report.plots.insert(0, plot_overview(
@@ -209,6 +252,23 @@ def _write_head_maps(report: AggregateReport) -> list[Path]:
         files.append(path)
         report.notes.append(hm.describe())
     return files
+
+
+def _write_head_plots(report: AggregateReport, losses: LossSeries) -> None:
+    """The head-score heatmap, and the primary setting's stages next to the heads (when the
+    checkpoints carry head scores)."""
+    from services.aggregator.head_plots import plot_head_heatmap, plot_stages_with_heads
+
+    if not report.head_scores:
+        return
+    report.plots.append(plot_head_heatmap(report.out_dir / "heads.png", scores=report.head_scores,
+                                          title=f"{report.sweep_name}: per-head scores over training"))
+    key = report.primary_key
+    curve = next((c for c in report.curves if c.key == key), None)
+    if curve is not None and key in report.bootstraps:
+        report.plots.append(plot_stages_with_heads(
+            report.out_dir / "stages-heads.png", curve=curve, boot=report.bootstraps[key], losses=losses,
+            scores=report.head_scores, title=f"{report.sweep_name}: stages of {curve.label or 'the setting'} and heads"))
 
 
 def mlflow_series(report: AggregateReport, losses: dict[str, tuple[list[float], list[float]]]

@@ -1,6 +1,7 @@
 """Hyperparameter stability: which (ε, γ, nβ, ...) settings give trustworthy λ̂.
 
-A setting is usable when none of its jobs diverged or failed, it has an estimate at every
+A setting is usable when none of its jobs diverged (beyond the allowed share of dropped
+chains, see curves.build_curves) or failed, it has an estimate at every
 checkpoint the sweep measured, every estimate is finite and positive, the chains agree
 (R-hat below a threshold at every checkpoint: converged) and the spread across chains and
 seeds stays a modest fraction of λ̂ (stable). The recommendation is the largest usable ε:
@@ -31,6 +32,7 @@ class SettingStability:
     converged: bool
     stable: bool
     reasons: tuple[str, ...]          # why it is not usable (empty when it is)
+    partially_diverged_jobs: int = 0  # kept in the curve after dropping at most the allowed share of chains
 
     @property
     def usable(self) -> bool:
@@ -83,7 +85,7 @@ def assess(curves: Sequence[SettingCurve], *, r_hat_threshold: float = 1.1,
             key=c.key, label=c.label, hyperparameters=c.hyperparameters, epsilon=c.epsilon,
             checkpoints=len(c.points), missing_steps=missing, diverged_jobs=diverged, failed_jobs=failed,
             max_r_hat=max_r_hat, max_rel_spread=max_spread, min_llc=min_llc, converged=converged,
-            stable=stable, reasons=tuple(reasons)))
+            stable=stable, reasons=tuple(reasons), partially_diverged_jobs=c.counts.get("partially_diverged", 0)))
     return out
 
 

@@ -77,25 +77,56 @@ def _unique_x(x: NDArray[np.float64], y: NDArray[np.float64], w: NDArray[np.floa
     return ux, np.bincount(inv, weights=w * y) / wsum, wsum
 
 
-def fit_curve(steps: ArrayLike, values: ArrayLike, sigma: ArrayLike | None = None, *,
-              grid_size: int = 512) -> SmoothFit:
-    """Smoothing spline of `values` against log(step+1), weighted by 1/σ² (GCV smoothing)."""
-    from scipy.interpolate import PchipInterpolator, make_smoothing_spline
+def gcv_lam(x: NDArray[np.float64], y: NDArray[np.float64], w: NDArray[np.float64]) -> float:
+    """The smoothing parameter generalized cross-validation picks (what make_smoothing_spline
+    does internally), found on a log grid so a bootstrap can scale it: the fit is linear in y,
+    so one solve against the identity gives the hat matrix."""
+    from scipy.interpolate import make_smoothing_spline
 
+    n = len(x)
+    best, best_lam = math.inf, 1.0
+    for lam in np.logspace(-8, 4, 49):
+        hat = make_smoothing_spline(x, np.eye(n), w=w, lam=float(lam))(x)      # (n, n): column j = fit of e_j
+        resid = y - hat @ y
+        denom = (1.0 - np.trace(hat) / n) ** 2
+        score = float(np.sum(w * resid**2) / n / denom) if denom > 1e-12 else math.inf
+        if score < best:
+            best, best_lam = score, float(lam)
+    return best_lam
+
+
+def _fit_inputs(steps: ArrayLike, values: ArrayLike, sigma: ArrayLike | None
+                ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """x = log(step+1), y, weights 1/σ² (mean 1): finite points, repeated steps merged."""
     x = to_x(steps)
     y = np.asarray(values, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     s = _clean_sigma(None if sigma is None else np.asarray(sigma, dtype=float)[keep], int(keep.sum()))
     x, y, w = _unique_x(x[keep], y[keep], 1.0 / s**2)
+    return x, y, (w / w.mean() if len(w) else w)
+
+
+def reference_lam(steps: ArrayLike, values: ArrayLike, sigma: ArrayLike | None = None) -> float | None:
+    """GCV's smoothing parameter for this curve (None when too few points for a spline)."""
+    x, y, w = _fit_inputs(steps, values, sigma)
+    return gcv_lam(x, y, w) if len(x) >= MIN_POINTS_FOR_SPLINE else None
+
+
+def fit_curve(steps: ArrayLike, values: ArrayLike, sigma: ArrayLike | None = None, *,
+              grid_size: int = 512, lam: float | None = None) -> SmoothFit:
+    """Smoothing spline of `values` against log(step+1), weighted by 1/σ² (smoothing chosen by
+    GCV, or `lam` when given: the bootstrap jitters it)."""
+    from scipy.interpolate import PchipInterpolator, make_smoothing_spline
+
+    x, y, w = _fit_inputs(steps, values, sigma)
     if len(x) == 0:
         raise ValueError("no finite points to fit; every checkpoint's estimate is missing or not finite.")
     if len(x) == 1:
         gx = np.array([x[0], x[0]])
         return SmoothFit(gx, np.array([y[0], y[0]]), np.zeros(2), 0.0, "constant")
     gx = np.linspace(x[0], x[-1], grid_size)
-    w = w / w.mean()
     if len(x) >= MIN_POINTS_FOR_SPLINE:
-        spline = make_smoothing_spline(x, y, w=w)
+        spline = make_smoothing_spline(x, y, w=w, lam=lam)
         fitted, gy, gdy, method = spline(x), spline(gx), spline.derivative()(gx), "smoothing-spline"
     else:
         pchip = PchipInterpolator(x, y)
@@ -259,12 +290,12 @@ def classify(llc_change: float, loss_change: float | None, loss_scale: float, *,
 def detect_stages(steps: Sequence[int] | ArrayLike, llc: ArrayLike, llc_sigma: ArrayLike | None = None, *,
                   loss_steps: Sequence[int] | ArrayLike | None = None, loss: ArrayLike | None = None,
                   z: float = 3.0, min_points: int = 3, plateau_frac: float = 0.15, plateau_width: float = 0.5,
-                  loss_flat_tol: float = 0.1, grid_size: int = 512) -> StageDetection:
+                  loss_flat_tol: float = 0.1, grid_size: int = 512, lam: float | None = None) -> StageDetection:
     """Stages of one λ̂ curve (one hyperparameter setting); `loss` (at `loss_steps`, default
     the λ̂ steps) types them. `z` is how many noise units a stage's λ̂ change must exceed;
     the noise is the larger of the median σ given and the fit's residual RMS."""
     steps_arr = np.asarray(steps, dtype=float)
-    fit = fit_curve(steps_arr, llc, llc_sigma, grid_size=grid_size)
+    fit = fit_curve(steps_arr, llc, llc_sigma, grid_size=grid_size, lam=lam)
     notes: list[str] = []
     given = np.asarray([] if llc_sigma is None else llc_sigma, dtype=float)
     given = given[np.isfinite(given) & (given > 0)]
@@ -293,7 +324,13 @@ def detect_stages(steps: Sequence[int] | ArrayLike, llc: ArrayLike, llc_sigma: A
     bounds = _split_plateaus(bounds, sig, plateau_frac=plateau_frac, min_width=plateau_width)
     if len(bounds) == 2 and abs(sig.delta(bounds[0], bounds[1])) < threshold:
         return StageDetection(fit, loss_fit, (), (), noise, threshold, (*notes, "λ̂ does not change beyond noise"))
+    stages = stages_between(fit, loss_fit, bounds, steps_arr, loss_flat_tol=loss_flat_tol)
+    return StageDetection(fit, loss_fit, tuple(bounds[1:-1]), stages, noise, threshold, tuple(notes))
 
+
+def stages_between(fit: SmoothFit, loss_fit: SmoothFit | None, bounds: Sequence[float], steps: NDArray[np.float64],
+                   *, loss_flat_tol: float = 0.1) -> tuple[DetectedStage, ...]:
+    """The typed stages between consecutive `bounds` (on log(step+1), both ends included)."""
     loss_scale = 0.0
     if loss_fit is not None:
         loss_scale = float(loss_fit.grid_y.max() - loss_fit.grid_y.min())
@@ -304,7 +341,7 @@ def detect_stages(steps: Sequence[int] | ArrayLike, llc: ArrayLike, llc_sigma: A
         if loss_fit is not None:
             loss_a, loss_b = (float(v) for v in loss_fit.at([a, b]))
         kind = classify(float(lb - la), None if loss_a is None else loss_b - loss_a, loss_scale, flat_tol=loss_flat_tol)
-        start = int(round(float(to_step(a)))) if i else int(round(float(steps_arr.min())))
-        end = int(round(float(to_step(b)))) if i < len(bounds) - 2 else int(round(float(steps_arr.max())))
+        start = int(round(float(to_step(a)))) if i else int(round(float(np.nanmin(steps))))
+        end = int(round(float(to_step(b)))) if i < len(bounds) - 2 else int(round(float(np.nanmax(steps))))
         stages.append(DetectedStage(i, start, end, kind, float(la), float(lb), loss_a, loss_b))
-    return StageDetection(fit, loss_fit, tuple(bounds[1:-1]), tuple(stages), noise, threshold, tuple(notes))
+    return tuple(stages)

@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "services.cli.export",
     "services.cli.nightly",
     "services.cli.sweeps",
+    "services.cli.sync",
     "services.cli.train_demo",
 )
 

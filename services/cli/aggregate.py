@@ -28,6 +28,8 @@ def register(subparsers: Any) -> None:
                         help="noise units a stage's λ̂ change must exceed (default 3)")
     parser.add_argument("--r-hat", type=float, default=1.1, dest="r_hat",
                         help="R-hat below which a setting counts as converged (default 1.1)")
+    parser.add_argument("--max-diverged-share", type=float, default=0.0, dest="max_diverged_share",
+                        help="keep (and mark) jobs that dropped at most this share of their chains (default 0: leave them out)")
     parser.set_defaults(func=_aggregate)
 
 
@@ -62,6 +64,8 @@ def print_report(report: Any) -> None:
         console.print(f"note: {note}")
     for path in report.plots:
         console.print(f"plot: {path}")
+    for uri in report.artifact_uris:
+        console.print(f"stored: {uri}")
     if report.mlflow_run_id:
         console.print(f"MLflow aggregate run: {report.mlflow_run_id} (parent {report.parent_run_id})")
 
@@ -75,7 +79,8 @@ def _aggregate(args: argparse.Namespace) -> int:
     sweep_id = resolve_sweep_id(args.sweep, url)
     tracker = None if args.no_mlflow else Tracker(ends.tracking_uri)
     report = aggregate_sweep(sweep_id=sweep_id, database_url=url, out_dir=args.out_dir, tracker=tracker,
-                             log_to_mlflow=tracker is not None, z=args.z, r_hat_threshold=args.r_hat)
+                             log_to_mlflow=tracker is not None, z=args.z, r_hat_threshold=args.r_hat,
+                             max_diverged_share=args.max_diverged_share, storage_uri=ends.storage_uri)
     print_report(report)
     if report.tracking_error:
         raise UserError(f"{report.tracking_error} (stages are stored and plots written under {report.out_dir})")

@@ -44,5 +44,9 @@ def _demo(args: argparse.Namespace) -> int:
         console.print(line)
     if report.plots:
         console.print(f"[bold]Overview plot:[/bold] {report.plots[0]}")
+    for path in report.plots:
+        if path.name in ("heads.png", "stages-heads.png"):
+            what = "Per-head heatmap" if path.name == "heads.png" else "Stages next to the head scores"
+            console.print(f"[bold]{what}:[/bold] {path}")
     failed = outcome.sweep.scheduler.failed if outcome.sweep.scheduler is not None else 0
     return 0 if failed == 0 else 1

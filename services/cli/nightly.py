@@ -6,6 +6,7 @@ this process also runs a scheduler until the jobs it just submitted are finished
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from datetime import datetime
 from typing import Any
@@ -27,8 +28,7 @@ def _nightly(args: argparse.Namespace) -> int:
 
     schedule = load_schedule(args.overrides)      # refuse a bad config before sleeping
     if args.once:
-        _fire(args)
-        return 0
+        return _fire(args)
     zone = ZoneInfo(schedule.timezone)
     while True:
         fire_at = next_fire_time(schedule.cron, datetime.now(zone))
@@ -39,20 +39,31 @@ def _nightly(args: argparse.Namespace) -> int:
         _fire(args)
 
 
-def _fire(args: argparse.Namespace) -> None:
+def _fire(args: argparse.Namespace) -> int:
+    """One firing; exit code 1 (with the reasons printed) when a watched sweep could not be
+    submitted or a job failed, so a cron monitor does not read success."""
     from services.nightly import run_nightly_once
 
-    outcomes = run_nightly_once(args.overrides, report=lambda line: print(line, flush=True))
+    skipped: list[str] = []
+    outcomes = run_nightly_once(args.overrides, report=lambda line: print(line, flush=True), skipped=skipped)
+    failed = 0
     if args.run:
         for outcome in outcomes:
             if outcome.new + outcome.already_queued:
-                _run_scheduler(args, sweep_id=outcome.sweep_id)
+                failed += _run_scheduler(args, sweep_id=outcome.sweep_id)
+    if skipped or failed:
+        print(f"nightly: not clean: {len(skipped)} sweep config(s) not submitted ({', '.join(skipped) or '-'}), "
+              f"{failed} job(s) failed", file=sys.stderr, flush=True)
+        return 1
+    return 0
 
 
-def _run_scheduler(args: argparse.Namespace, *, sweep_id: int) -> None:
+def _run_scheduler(args: argparse.Namespace, *, sweep_id: int) -> int:
+    """Returns how many jobs failed."""
     """The same Ray driver as `llc scheduler --until-idle`, scoped to one submitted sweep."""
     from services.scheduler.cluster import connect, disconnect
     from services.scheduler.loop import Scheduler, SchedulerOptions
+    from services.scheduler.signals import graceful_stop
     from services.sweeps.config import load_config
     from services.core.endpoints import resolve_endpoints
     from services.run import max_in_flight
@@ -67,9 +78,12 @@ def _run_scheduler(args: argparse.Namespace, *, sweep_id: int) -> None:
     started = connect(address=ends.ray_address, num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus)
     try:
         opts = SchedulerOptions(database_url=ends.database_url, sweep_id=sweep_id, until_idle=True,
-                                max_in_flight=max_in_flight(None, 1.0))
-        report = Scheduler(opts, tracker=tracker).run()
+                                max_in_flight=max_in_flight(None, 1.0), storage_uri=ends.storage_uri)
+        scheduler = Scheduler(opts, tracker=tracker)
+        with graceful_stop(scheduler.stop):
+            report = scheduler.run()
     finally:
         disconnect(started)
     print(f"nightly: sweep {sweep_id}: {report.succeeded} succeeded, {report.diverged} diverged, "
           f"{report.failed} failed", flush=True)
+    return report.failed

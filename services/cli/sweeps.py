@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from typing import Any
 
@@ -59,7 +60,14 @@ def _scheduler_options(p: argparse.ArgumentParser) -> None:
                    help="Ray tasks in flight at once (default: the cluster's CPUs / the sweep's CPUs per job)")
     p.add_argument("--lease-seconds", type=float, default=120.0, metavar="S", help="job lease length (renewed every S/3)")
     p.add_argument("--poll-seconds", type=float, default=0.5, help=argparse.SUPPRESS)
-    p.add_argument("--max-attempts", type=int, default=3, help="attempts per job before it is failed")
+    p.add_argument("--max-attempts", type=int, default=3, help="claims per job before it is failed (input faults, "
+                   "expired leases)")
+    p.add_argument("--infra-retries", type=int, default=5, metavar="N",
+                   help="retries with backoff of a job hit by infrastructure faults (lost worker, OOM, S3 away, full "
+                        "disk); they do not use up --max-attempts")
+    p.add_argument("--outage-budget", type=float, default=600.0, metavar="S",
+                   help="how long an unreachable store is waited out (Ray tasks keep running, fetched results are "
+                        "spooled to $LLC_HOME/spool) before the scheduler gives up with exit code 3")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
 
 
@@ -72,7 +80,8 @@ def _config(overrides: list[str]) -> Any:
 
 
 def _endpoints(overrides: list[str]) -> Endpoints:
-    return resolve_endpoints(_config(overrides))
+    """Without overrides the composed config adds nothing to the variables: skip composing it."""
+    return resolve_endpoints(_config(overrides) if overrides else None)
 
 
 def _logging(verbose: bool) -> None:
@@ -120,29 +129,41 @@ def _submit(args: argparse.Namespace) -> int:
 
 
 def _scheduler(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from services.scheduler.cluster import connect, disconnect
     from services.scheduler.loop import Scheduler, SchedulerOptions
+    from services.scheduler.outage import StoreOutage
+    from services.scheduler.signals import graceful_stop
 
     _logging(args.verbose)
     cfg = _config(args.overrides)
     ends = resolve_endpoints(cfg)
+    # Every option is checked before Ray starts (a bad one is one sentence, not a traceback later).
+    opts = SchedulerOptions(database_url=ends.database_url, max_in_flight=args.max_in_flight or 1,
+                            lease_seconds=args.lease_seconds, poll_seconds=args.poll_seconds, sweep_id=args.sweep,
+                            until_idle=args.until_idle, once=args.once, max_attempts=args.max_attempts,
+                            infra_retries=args.infra_retries, storage_uri=ends.storage_uri,
+                            outage_budget_s=args.outage_budget)
     started = connect(address=ends.ray_address, num_cpus=cfg.cluster.num_cpus, num_gpus=cfg.cluster.num_gpus)
     try:
-        opts = SchedulerOptions(database_url=ends.database_url, max_in_flight=_max_in_flight(args.max_in_flight, 1.0),
-                                lease_seconds=args.lease_seconds, poll_seconds=args.poll_seconds, sweep_id=args.sweep,
-                                until_idle=args.until_idle, once=args.once, max_attempts=args.max_attempts)
+        opts = dataclasses.replace(opts, max_in_flight=_max_in_flight(args.max_in_flight, 1.0))
         scheduler = Scheduler(opts, tracker=_tracker(ends.tracking_uri, args.no_tracking))
-        report = scheduler.run()
+        with graceful_stop(scheduler.stop) as received:
+            try:
+                report = scheduler.run()
+            except StoreOutage as exc:
+                print(f"llc: error: {exc}", file=sys.stderr)
+                print(scheduler.report.summary(), flush=True)
+                return 3
+        report.stopped_by = received[0] if received else None
     finally:
         disconnect(started)
-    print(f"scheduler {report.owner}: submitted {report.submitted}, succeeded {report.succeeded}, "
-          f"diverged {report.diverged}, failed {report.failed}, retried {report.retried}, "
-          f"cancelled {report.cancelled}, orphans returned {report.released_orphans}, "
-          f"finished sweeps {report.finished_sweeps}")
-    return 0
+    print(report.summary(), flush=True)
+    return report.exit_code()
 
 
-def _split_sweep_arg(args: argparse.Namespace) -> tuple[int | None, list[str]]:
+def split_sweep_arg(args: argparse.Namespace) -> tuple[int | None, list[str]]:
     overrides = list(args.overrides)
     sweep = args.sweep
     if isinstance(sweep, str) and "=" in sweep:
@@ -160,11 +181,13 @@ def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from services.store import results as store_results
+    from services.store import schedulers as store_schedulers
     from services.store import sweeps as store_sweeps
     from services.store.db import check_schema, session_scope
+    from services.store.models import utcnow
     from services.sweeps import views
 
-    sweep_id, overrides = _split_sweep_arg(args)
+    sweep_id, overrides = split_sweep_arg(args)
     url = _endpoints(overrides).database_url
     check_schema(url)
     console = Console()
@@ -178,6 +201,7 @@ def _status(args: argparse.Namespace) -> int:
                 return 0
             counts = store_sweeps.all_sweep_counts(s, sweep_ids=[sw.id for sw in sweeps])
             console.print(views.sweeps_table(sweeps, counts))
+            console.print(views.schedulers_table(store_schedulers.list_schedulers(s), utcnow()))
             return 0
         sweep = store_sweeps.get_sweep(s, sweep_id=sweep_id)
         console.print(views.sweep_detail(sweep, store_sweeps.sweep_counts(s, sweep_id=sweep_id),
@@ -229,13 +253,18 @@ def _run(args: argparse.Namespace) -> int:
 
     from services.cli.aggregate import print_report
     from services.run import run_sweep
+    from services.scheduler.loop import SchedulerOptions
 
     _logging(args.verbose)
     cfg = _config(args.overrides)
     ends = resolve_endpoints(cfg)
+    SchedulerOptions(database_url=ends.database_url, max_in_flight=args.max_in_flight or 1,  # refuse bad options now
+                     lease_seconds=args.lease_seconds, poll_seconds=args.poll_seconds, max_attempts=args.max_attempts,
+                     infra_retries=args.infra_retries)
     outcome = run_sweep(cfg, console=Console(), tracker=_tracker(ends.tracking_uri, args.no_tracking),
                         requested_in_flight=args.max_in_flight, lease_seconds=args.lease_seconds,
-                        poll_seconds=args.poll_seconds, max_attempts=args.max_attempts)
+                        poll_seconds=args.poll_seconds, max_attempts=args.max_attempts,
+                        infra_retries=args.infra_retries)
     if outcome.aggregate is not None:
         print_report(outcome.aggregate)
     failed = outcome.scheduler.failed if outcome.scheduler is not None else 0

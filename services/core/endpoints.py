@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from services.core.errors import ConfigError
 from services.core.paths import llc_home
 
 POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/llc"
@@ -60,25 +61,33 @@ class EndpointConfig(Protocol):
 def resolve_endpoints(cfg: EndpointConfig | None = None) -> Endpoints:
     """The endpoints for `cfg` (None: the tools' variables, else the embedded default)."""
     home = llc_home()
-    env = os.environ.get
     store_url = cfg.store.url if cfg else None
     storage_uri = cfg.storage.uri if cfg else None
     tracking_uri = cfg.tracking.uri if cfg else None
     address = cfg.cluster.address if cfg else None
-    database = store_url or env("LLC_DATABASE_URL") or (
+    database = store_url or os.environ.get("LLC_DATABASE_URL") or (
         POSTGRES_DEFAULT if cfg and cfg.store.kind == "postgres" else f"sqlite:///{home / 'llc.db'}")
-    storage = storage_uri or env("LLC_STORAGE_URI") or (
+    storage = storage_uri or os.environ.get("LLC_STORAGE_URI") or (
         S3_DEFAULT if cfg and cfg.storage.kind == "s3" else (home / "objects").as_uri())
-    tracking = tracking_uri or env("MLFLOW_TRACKING_URI") or (
+    tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (
         MLFLOW_SERVER_DEFAULT if cfg and cfg.tracking.kind == "server" else f"sqlite:///{home / 'mlflow.db'}")
-    ray_address = address or env("RAY_ADDRESS") or ("auto" if cfg and cfg.cluster.kind == "remote" else None)
-    cache = Path(env("LLC_CACHE_DIR")).expanduser() if env("LLC_CACHE_DIR") else home / "cache"
+    ray_address = address or os.environ.get("RAY_ADDRESS") or ("auto" if cfg and cfg.cluster.kind == "remote" else None)
+    cache_dir = os.environ.get("LLC_CACHE_DIR")
+    cache = Path(cache_dir).expanduser() if cache_dir else home / "cache"
     return Endpoints(database_url=database, storage_uri=storage.rstrip("/"), tracking_uri=tracking,
                      ray_address=ray_address, cache_dir=cache)
 
 
+class StoragePathError(ConfigError, ValueError):
+    """A relative run or dataset path that would leave the storage root."""
+
+
 def under_storage(uri: str, storage_uri: str) -> str:
-    """A URI with a scheme stays as is; a relative one is placed under the storage URI."""
+    """A URI with a scheme stays as is; a relative one is placed under the storage URI and must
+    stay there (no `.`/`..` parts), so `sweep.run=../../etc` cannot walk out of the store."""
     if "://" in uri:
         return uri.rstrip("/")
+    if any(part in (".", "..") for part in uri.strip("/").split("/")):
+        raise StoragePathError(f"The path {uri!r} leaves the storage root {storage_uri}; write it relative to "
+                               "the root without '.' or '..' parts, or give a full s3:// or file:// URI.")
     return f"{storage_uri.rstrip('/')}/{uri.strip('/')}"

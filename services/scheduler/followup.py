@@ -1,22 +1,30 @@
 """MLflow logging and aggregation after a result is stored, on one background thread.
 
-The result is already in the store when work lands here, so an MLflow failure is logged
-and never loses a result, and a slow tracking server never stalls the scheduling loop.
+What MLflow is owed lives in the store (the outbox, services/store/outbox.py), not in this
+thread's memory: the thread pays it (child runs, then an ended sweep's aggregate and parent
+state) whenever results arrive and every POLL_S, retrying with backoff while MLflow is away.
+A killed scheduler or an MLflow outage loses nothing: the next syncer (or `llc sync-mlflow`)
+pays what is left. A slow tracking server never stalls the scheduling loop.
 """
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from services.store.jobs import set_job_mlflow_run
-from services.store.db import session_scope
-from services.tracking import sweep_parent_run
+from services.scheduler.mlflow_sync import sync_mlflow
 
 log = logging.getLogger(__name__)
+
+#: how often the outbox is looked at without news (sweeps finished elsewhere, e.g. nightly)
+POLL_S = 10.0
+#: backoff while MLflow (or the store) is failing: doubles from BACKOFF_S up to MAX_BACKOFF_S
+BACKOFF_S = 1.0
+MAX_BACKOFF_S = 60.0
+#: full results kept in memory for their child run (loss traces); the store's copy otherwise
+FRESH_LIMIT = 2000
 
 
 @dataclass(frozen=True)
@@ -41,60 +49,100 @@ def _lower_priority() -> None:
 
 
 class FollowUp:
-    """Serial queue: each job's child run, then (when a sweep's last job is in) its aggregation."""
+    """Pays the MLflow outbox in the background; without a tracker, only aggregates ended sweeps."""
 
-    def __init__(self, *, database_url: str, tracker: Any | None, aggregate: bool) -> None:
+    def __init__(self, *, database_url: str, tracker: Any | None, aggregate: bool, owner: str = "followup",
+                 sweep_id: int | None = None, storage_uri: str | None = None) -> None:
         self._url = database_url
+        self._storage = storage_uri
         self._tracker = tracker
         self._aggregate = aggregate
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llc-followup", initializer=_lower_priority)
-        self._parents: dict[int, str] = {}
+        self._owner = owner
+        self._sweep_id = sweep_id
+        self._fresh: dict[int, dict[str, Any]] = {}
+        self._ended: list[int] = []          # without a tracker: sweeps to aggregate
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
         self.tracking_errors = 0
         self.aggregated: list[int] = []
+        self.children_logged = 0
+        self._thread = threading.Thread(target=self._run, name="llc-followup", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
 
     def job_done(self, job: FinishedJob) -> None:
         if self._tracker is not None:
-            self._submit(self._log_job, job)
+            with self._lock:
+                if len(self._fresh) < FRESH_LIMIT:
+                    self._fresh[job.job_id] = job.result
+            self._wake.set()
 
     def sweep_done(self, sweep_id: int) -> None:
-        if self._aggregate:
-            self._submit(self._run_aggregate, sweep_id)
+        if self._tracker is None and self._aggregate:
+            with self._lock:
+                self._ended.append(sweep_id)
+        self._wake.set()
 
     def drain(self) -> None:
-        """Wait for every queued follow-up (call before the scheduler exits)."""
-        self._pool.shutdown(wait=True)
+        """One last pass, then stop (before the scheduler exits); what MLflow could not take
+        now stays owed in the store."""
+        if not self._thread.is_alive():
+            return
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
 
-    def _submit(self, fn: Any, arg: Any) -> None:
-        self._pool.submit(fn, arg)
+    def _run(self) -> None:
+        _lower_priority()
+        delay = BACKOFF_S
+        while True:
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+            stopping = self._stop.is_set()
+            ok = self._pass()
+            if stopping:
+                if not ok:
+                    log.warning("MLflow is still owed runs; the next scheduler or `llc sync-mlflow` logs them")
+                return
+            if ok:
+                delay = BACKOFF_S
+            else:
+                self._stop.wait(delay)               # back off, unless asked to stop
+                delay = min(MAX_BACKOFF_S, delay * 2)
 
-    def _parent_run(self, sweep_id: int) -> str:
-        if sweep_id in self._parents:
-            return self._parents[sweep_id]
-        run_id = sweep_parent_run(self._tracker, sweep_id=sweep_id, database_url=self._url)
-        self._parents[sweep_id] = run_id
-        return run_id
-
-    def _log_job(self, job: FinishedJob) -> None:
+    def _pass(self) -> bool:
+        """Aggregate (no tracker) or sync the outbox once; False when it failed and should be retried."""
+        if self._tracker is None:
+            with self._lock:
+                ended, self._ended = self._ended, []
+            for sweep_id in ended:
+                self._aggregate_only(sweep_id)
+            return True
+        with self._lock:
+            fresh = dict(self._fresh)
         try:
-            parent = self._parent_run(job.sweep_id)
-            params = dict(job.hyperparameters, seed=job.seed)
-            run_id = self._tracker.log_job(parent_run_id=parent, job_key=job.key, step=job.step, params=params,
-                                           result=job.result, existing_run_id=job.mlflow_run_id)
-            with session_scope(self._url) as s:
-                set_job_mlflow_run(s, job_id=job.job_id, run_id=run_id)
-        except Exception as exc:  # an MLflow failure must never lose or block results
+            report = sync_mlflow(database_url=self._url, tracker=self._tracker, owner=self._owner,
+                                 sweep_id=self._sweep_id, aggregate=self._aggregate, fresh=fresh,
+                                 storage_uri=self._storage)
+        except Exception as exc:  # MLflow or the store away: the outbox keeps it, retry later
             self.tracking_errors += 1
-            log.warning("MLflow logging of job %s failed (%s); its result is stored, re-log it later.",
-                        job.job_id, exc)
+            log.warning("MLflow follow-up failed (%s); results are stored and stay owed to MLflow, retrying", exc)
+            return False
+        with self._lock:
+            for job_id in fresh:
+                self._fresh.pop(job_id, None)
+        self.children_logged += report.children
+        self.aggregated.extend(report.aggregated)
+        return True
 
-    def _run_aggregate(self, sweep_id: int) -> None:
+    def _aggregate_only(self, sweep_id: int) -> None:
         try:
             from services.aggregator import aggregate_sweep
 
-            report = aggregate_sweep(sweep_id=sweep_id, database_url=self._url, tracker=self._tracker,
-                                     log_to_mlflow=self._tracker is not None)
+            aggregate_sweep(sweep_id=sweep_id, database_url=self._url, tracker=None, log_to_mlflow=False,
+                            storage_uri=self._storage)
             self.aggregated.append(sweep_id)
-            if getattr(report, "tracking_error", None):
-                log.warning("sweep %s aggregated, but MLflow logging failed: %s", sweep_id, report.tracking_error)
         except Exception as exc:
             log.warning("Aggregating sweep %s failed (%s); run `llc aggregate %s` to retry.", sweep_id, exc, sweep_id)

@@ -14,17 +14,24 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
 from ray import exceptions as rex
 
+from services.core.errors import ConfigError
+from services.core.paths import llc_home
 from services.scheduler import feasibility
 from services.scheduler.carry import EpsilonCarry
+from services.scheduler.faults import InfraRetries, is_infrastructure
+from services.scheduler.outage import DEFAULT_OUTAGE_BUDGET_S, STORE_ERRORS, OutageClock, Spool, replay_spools
 from services.scheduler.cluster import has_gpus
 from services.scheduler.followup import FinishedJob, FollowUp
+from services.scheduler.adaptive import refine_adaptive
 from services.scheduler.task import remote_execute_job
 from services.store import jobs as store_jobs
+from services.store import schedulers as store_schedulers
 from services.store import sweeps as store_sweeps
 from services.store.db import ensure_schema, session_scope
 from services.store.entities import JobInfo, NewResult, RecordedResults
@@ -58,9 +65,31 @@ class SchedulerOptions:
     sweep_id: int | None = None        # only this sweep's jobs
     until_idle: bool = False           # exit once nothing is pending or running (in scope)
     once: bool = False                 # one claim, wait for those jobs, exit
-    max_attempts: int = 3              # attempts per job (lost workers, expired leases)
-    ray_max_retries: int = 2           # Ray's own retries of a task whose worker died
+    max_attempts: int = 3              # claims per job (input faults, expired leases of dead schedulers)
+    # Infrastructure faults (worker/node lost, OOM, S3 away, disk full) are retried here with
+    # exponential backoff, without a new claim: this budget, not max_attempts, bounds them.
+    # Ray's own retries of a lost worker count against it, so the two add up to one bound.
+    infra_retries: int = 5
+    infra_backoff_s: float = 1.0       # first delay; doubles per retry, capped at 60 s
+    ray_max_retries: int = 0           # Ray's own retries of a task whose worker died (part of infra_retries)
     owner: str | None = None
+    storage_uri: str | None = None     # where aggregation puts plots too (besides $LLC_HOME and MLflow)
+    outage_budget_s: float = DEFAULT_OUTAGE_BUDGET_S   # how long an unreachable store is waited out
+    spool_dir: Path | None = None      # fetched results kept here during a store outage ($LLC_HOME/spool)
+
+    def __post_init__(self) -> None:
+        checks = (("--lease-seconds", self.lease_seconds, self.lease_seconds > 0, "a positive number of seconds"),
+                  ("--max-in-flight", self.max_in_flight, self.max_in_flight >= 1, "at least 1"),
+                  ("--max-attempts", self.max_attempts, self.max_attempts >= 1, "at least 1"),
+                  ("--poll-seconds", self.poll_seconds, self.poll_seconds > 0, "a positive number of seconds"),
+                  ("--infra-retries", self.infra_retries, self.infra_retries >= 0, "0 or more"),
+                  ("ray_max_retries", self.ray_max_retries,
+                   0 <= self.ray_max_retries <= self.infra_retries, "between 0 and --infra-retries"),
+                  ("infra_backoff_s", self.infra_backoff_s, self.infra_backoff_s >= 0, "0 or more seconds"),
+                  ("--outage-budget", self.outage_budget_s, self.outage_budget_s >= 0, "0 or more seconds"))
+        for flag, value, ok, want in checks:
+            if not ok or value != value:   # NaN compares unequal to itself
+                raise ConfigError(f"{flag}={value} is invalid: it must be {want}.")
 
 
 @dataclass(frozen=True)
@@ -84,11 +113,30 @@ class SchedulerReport:
     cancelled: int = 0
     lost_lease: int = 0
     released_orphans: int = 0
+    infra_retried: int = 0             # infrastructure faults retried here (no attempt charged)
+    taken_over: int = 0                # our copies stopped because another scheduler holds the job now
+    handed_back: int = 0               # running jobs returned to pending at shutdown
+    store_outages: int = 0             # times the store went away and was waited out
+    replayed: int = 0                  # results of a dead scheduler's spool stored at start-up
+    stopped_by: str | None = None      # the signal that stopped this scheduler, if any
     finished_sweeps: list[int] = field(default_factory=list)
     aggregated_sweeps: list[int] = field(default_factory=list)
     tracking_errors: int = 0
     busy_s: float = 0.0                # time the driver spent on its own work (not waiting on Ray)
     wall_s: float = 0.0
+
+    def summary(self) -> str:
+        """One paragraph for the operator (printed at exit, also after SIGTERM)."""
+        how = f"stopped by {self.stopped_by}" if self.stopped_by else "done"
+        return (f"scheduler {self.owner} {how}: submitted {self.submitted}, succeeded {self.succeeded}, "
+                f"diverged {self.diverged}, failed {self.failed}, retried {self.retried} "
+                f"(+{self.infra_retried} infrastructure), cancelled {self.cancelled}, taken over {self.taken_over}, "
+                f"handed back {self.handed_back}, orphans returned {self.released_orphans}, "
+                f"finished sweeps {self.finished_sweeps}")
+
+    def exit_code(self) -> int:
+        """0: nothing failed (a signal-stopped scheduler too); 1: some job failed for good (docs/faults.md)."""
+        return 1 if self.failed else 0
 
 
 @dataclass
@@ -101,6 +149,8 @@ class _Flight:
     sweep_ids: tuple[int, ...]
     mlflow_run_id: str | None
     demand: dict[str, float] = field(default_factory=dict)   # node resources its Ray task asks for
+    spec: Any = None                                          # the JobSpec, kept to resubmit after an infra fault
+    options: dict[str, Any] = field(default_factory=dict)     # its Ray task options
 
 
 def default_owner() -> str:
@@ -119,13 +169,21 @@ class Scheduler:
         self.owner = options.owner or default_owner()
         self.report = SchedulerReport(owner=self.owner)
         self._url = options.database_url
-        self._followup = FollowUp(database_url=self._url, tracker=tracker, aggregate=aggregate)
+        self._followup = FollowUp(database_url=self._url, tracker=tracker, aggregate=aggregate, owner=self.owner,
+                                  sweep_id=options.sweep_id, storage_uri=options.storage_uri)
         self._on_event = on_event
         self._inflight: dict[ray.ObjectRef, _Flight] = {}
         self._resources: dict[int, dict[str, Any]] = {}
         self._gpus: bool | None = None
         self._stop = threading.Event()
         self._claimed_once = False
+        self._infra = InfraRetries(budget=options.infra_retries, base_s=options.infra_backoff_s)
+        self._outage = OutageClock(budget_s=options.outage_budget_s)
+        self._next_beat = 0.0
+        self._beat_detail: str | None = None
+        self._spool = Spool(options.spool_dir or llc_home() / "spool", self.owner)
+        self._spooled = False
+        self._next_release = 0.0
         self._unwritten: list[tuple[_Flight, dict[str, Any]]] = []   # results fetched from Ray, not yet stored
         self._unwritten_since = 0.0
         self._renew_every = self._check_every = 1.0
@@ -141,9 +199,9 @@ class Scheduler:
     # ------------------------------------------------------------------ main loop
     def run(self) -> SchedulerReport:
         opts = self.options
-        if opts.lease_seconds <= 0 or opts.max_in_flight <= 0:
-            raise ValueError("lease_seconds and max_in_flight must be positive.")
         ensure_schema(self._url)
+        self._replay_spools()
+        self._followup.start()
         start = time.perf_counter()
         busy = 0.0
         with session_scope(self._url) as s:
@@ -153,54 +211,95 @@ class Scheduler:
         self._renew_every = renew_every = max(0.2, opts.lease_seconds / 3)
         self._check_every = min(1.0, renew_every)
         self._next_renew = self._next_check = time.monotonic() + min(renew_every, self._check_every)
+        self._next_release = time.monotonic() + opts.lease_seconds / 4
         self._claimed_once = False
         try:
             while not self._stop.is_set():
-                t0 = time.perf_counter()
-                # Cancellation checks and lease renewals ride along with result writes when results
-                # arrive often; on their own only when none came for a while.
-                now = time.monotonic()
-                if now >= self._next_check:
-                    self._check_cancelled()
-                if now >= self._next_renew:
-                    self._renew()
-                if now >= self._next_feasible:
-                    self._check_feasible()
-                if self._may_claim():
-                    free = opts.max_in_flight - len(self._inflight)
-                    # Claim in batches so each store round trip serves several jobs, early enough that the
-                    # tasks still queued in Ray keep its CPUs busy while the driver claims and writes.
-                    if free > 0 and (free >= self._claim_batch or not self._inflight):
-                        if self._claim_and_submit(free) or opts.once:
-                            self._claimed_once = True
-                busy += time.perf_counter() - t0
-                if self._inflight:
-                    refs = list(self._inflight)
-                    ready, _ = ray.wait(refs, num_returns=1, timeout=opts.poll_seconds, fetch_local=False)
-                    if ready and len(refs) > 1:
-                        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
-                    t1 = time.perf_counter()
-                    self._handle(ready)
-                    busy += time.perf_counter() - t1
-                    continue
-                if opts.once and self._claimed_once:
-                    break
-                if opts.until_idle:
-                    t1 = time.perf_counter()
-                    with session_scope(self._url) as s:
-                        left = store_jobs.remaining(s, sweep_id=opts.sweep_id)
-                        if left:
-                            # Orphans of a dead scheduler: take them back as soon as their leases expire.
-                            store_jobs.release_expired_leases(s, max_attempts=opts.max_attempts)
-                    busy += time.perf_counter() - t1
-                    if left == 0:
+                try:
+                    t0 = time.perf_counter()
+                    # Cancellation checks and lease renewals ride along with result writes when results
+                    # arrive often; on their own only when none came for a while.
+                    now = time.monotonic()
+                    if now >= self._next_check:
+                        self._check_cancelled()
+                    if now >= self._next_renew:
+                        self._renew()
+                    if now >= self._next_feasible:
+                        self._check_feasible()
+                    if now >= self._next_release:
+                        self._release_expired()
+                    if now >= self._next_beat:
+                        self._heartbeat()
+                    for flight in self._infra.due(now):
+                        self._resubmit(flight)
+                    if self._may_claim():
+                        free = opts.max_in_flight - len(self._inflight)
+                        # Claim in batches so each store round trip serves several jobs, early enough that the
+                        # tasks still queued in Ray keep its CPUs busy while the driver claims and writes.
+                        if free > 0 and (free >= self._claim_batch or not self._inflight):
+                            if self._claim_and_submit(free) or opts.once:
+                                self._claimed_once = True
+                    busy += time.perf_counter() - t0
+                    if self._inflight:
+                        refs = list(self._inflight)
+                        ready, _ = ray.wait(refs, num_returns=1, timeout=opts.poll_seconds, fetch_local=False)
+                        if ready and len(refs) > 1:
+                            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+                        t1 = time.perf_counter()
+                        self._handle(ready)
+                        busy += time.perf_counter() - t1
+                        continue
+                    if opts.once and self._claimed_once and not self._infra.waiting:
                         break
-                self._stop.wait(opts.poll_seconds)
+                    if opts.until_idle:
+                        t1 = time.perf_counter()
+                        with session_scope(self._url) as s:
+                            left = store_jobs.remaining(s, sweep_id=opts.sweep_id)
+                            if left:
+                                # Orphans of a dead scheduler: take them back as soon as their leases expire.
+                                store_jobs.release_expired_leases(s, max_attempts=opts.max_attempts)
+                        busy += time.perf_counter() - t1
+                        if left == 0:
+                            break
+                    self._stop.wait(opts.poll_seconds)
+                except STORE_ERRORS as exc:   # the store is away: wait it out, keep Ray tasks and results
+                    self._store_failed(exc)
+                    continue
+                if self._outage.since is not None:
+                    self._beat_detail = (f"rode out a store outage of {time.monotonic() - self._outage.since:.0f} s "
+                                         f"({self._outage.last_error[:120]})")
+                    self._next_beat = 0.0
+                self._outage.recovered()
         finally:
             self._shutdown()
             self.report.busy_s = busy
             self.report.wall_s = time.perf_counter() - start
         return self.report
+
+    # ------------------------------------------------------------------ store outages
+    def _replay_spools(self) -> None:
+        stored, refused = replay_spools(self._spool.dir, database_url=self._url)
+        if stored or refused:
+            self.report.replayed = stored
+            log.warning("stored %d result(s) spooled by a scheduler that died during a store outage "
+                        "(%d were already stored)", stored, refused)
+
+    def _heartbeat(self, *, state: str = "running") -> None:
+        """Tell `llc status` this scheduler is alive, how much it runs, and any outage it rode out."""
+        self._next_beat = time.monotonic() + max(1.0, self.options.lease_seconds / 3)
+        with session_scope(self._url) as s:
+            store_schedulers.heartbeat(s, owner=self.owner, state=state, in_flight=len(self._inflight),
+                                       detail=self._beat_detail)
+
+    def _store_failed(self, exc: BaseException) -> None:
+        """Keep what was fetched (in memory and spooled), wait with backoff; StoreOutage past the budget."""
+        self._spool.save([(f.job_id, r) for f, r in self._unwritten])
+        self._spooled = bool(self._unwritten)
+        delay = self._outage.failed(exc)      # raises StoreOutage once the budget is spent
+        self.report.store_outages = self._outage.outages
+        # Renew first when the store is back, before anything may release our (expired) leases.
+        self._next_renew = 0.0
+        self._stop.wait(delay)
 
     # ------------------------------------------------------------------ steps
     def _may_claim(self) -> bool:
@@ -240,9 +339,23 @@ class Scheduler:
             ref = self._task.options(**options).remote(spec)
             self._inflight[ref] = _Flight(job_id=job.id, key=job.key, step=job.step, seed=job.seed,
                                           hyperparameters=job.hyperparameters, sweep_ids=sweep_ids,
-                                          mlflow_run_id=job.mlflow_run_id, demand=feasibility.demand_of(options))
+                                          mlflow_run_id=job.mlflow_run_id, demand=feasibility.demand_of(options),
+                                          spec=spec, options=options)
             self.report.submitted += 1
         return len(jobs)
+
+    def _resubmit(self, flight: _Flight) -> None:
+        """Run a job again after an infrastructure fault: same claim and lease, a fresh Ray task."""
+        self._inflight[self._task.options(**flight.options).remote(flight.spec)] = flight
+
+    def _release_expired(self) -> None:
+        """Every live scheduler returns dead schedulers' jobs, so orphans come back within a lease."""
+        self._next_release = time.monotonic() + self.options.lease_seconds / 4
+        with session_scope(self._url) as s:
+            n = store_jobs.release_expired_leases(s, max_attempts=self.options.max_attempts)
+        if n:
+            self.report.released_orphans += n
+            log.info("returned %d job(s) whose lease expired (a dead or stalled scheduler) to pending", n)
 
     def _task_options(self, sweep_ids: tuple[int, ...]) -> dict[str, Any]:
         res = self._resources.get(sweep_ids[0], {}) if sweep_ids else {}
@@ -285,23 +398,19 @@ class Scheduler:
             values = ray.get(refs)  # one round trip for the batch; any error: one by one below
         except Exception:
             values = None
+        failures: list[tuple[_Flight, BaseException]] = []
         for i, (ref, flight) in enumerate(zip(refs, flights, strict=True)):
             try:
                 done.append((flight, values[i] if values is not None else ray.get(ref)))
-            except rex.TaskCancelledError:
-                self.report.cancelled += 1
-                self._emit(flight, "cancelled")
-            except SYSTEM_ERRORS as exc:
-                self._fail(flight.job_id, flight.sweep_ids, flight.step,
-                           f"the Ray worker running job {flight.job_id} was lost after {self.options.ray_max_retries} "
-                           f"retries ({type(exc).__name__}); requeued", retry=True)
-            except rex.RayTaskError as exc:
-                cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-                self._fail(flight.job_id, flight.sweep_ids, flight.step, _one_line(cause), retry=False)
+            except (rex.TaskCancelledError, *SYSTEM_ERRORS, rex.RayTaskError) as exc:
+                failures.append((flight, exc))
+        # Results are kept before any store write, so a store outage below loses none of them.
         if done:
             if not self._unwritten:
                 self._unwritten_since = time.monotonic()
             self._unwritten.extend(done)
+        for flight, exc in failures:
+            self._task_failed(flight, exc)
         # Results wait (at most WRITE_DELAY_S) until the window needs a refill, so one transaction
         # writes a batch of them and claims the next batch: Ray runs the queued tasks meanwhile.
         free = self.options.max_in_flight - len(self._inflight)
@@ -321,6 +430,9 @@ class Scheduler:
             refill = self._claim(s, self._free()) if self._may_refill() else ([], {})
             current = self._due_checks(s)
         self._unwritten = []
+        if self._spooled:
+            self._spool.clear()
+            self._spooled = False
         if current:
             self._check_cancelled(current)
         if refill[0]:
@@ -335,7 +447,7 @@ class Scheduler:
     def _may_refill(self) -> bool:
         return self._may_claim() and self._free() >= self._claim_batch
 
-    def _due_checks(self, s: Any) -> dict[int, str] | None:
+    def _due_checks(self, s: Any) -> dict[int, tuple[str, str | None]] | None:
         """Lease renewal and the statuses for the cancellation check, when due, in `s`'s transaction."""
         now = time.monotonic()
         current = self._statuses(s) if now >= self._next_check else None
@@ -364,6 +476,35 @@ class Scheduler:
                                                     step=flight.step, hyperparameters=flight.hyperparameters,
                                                     seed=flight.seed, result=result, mlflow_run_id=flight.mlflow_run_id))
 
+    def _task_failed(self, flight: _Flight, exc: BaseException) -> None:
+        """One failed Ray task, by fault class (docs/faults.md)."""
+        if isinstance(exc, rex.TaskCancelledError):
+            # Our own cancels drop the flight first: this one was cancelled from outside
+            # (dashboard, `ray` CLI). Hand the job back now rather than when its lease expires.
+            self._fail(flight.job_id, flight.sweep_ids, flight.step,
+                       f"the Ray task of job {flight.job_id} was cancelled outside the scheduler; requeued", retry=True)
+        elif isinstance(exc, SYSTEM_ERRORS):
+            self._infra_fault(flight, f"the Ray worker running job {flight.job_id} was lost ({type(exc).__name__})",
+                              cost=1 + self.options.ray_max_retries)
+        else:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            if is_infrastructure(cause):
+                self._infra_fault(flight, _one_line(cause), cost=1)
+            else:
+                self._fail(flight.job_id, flight.sweep_ids, flight.step, _one_line(cause), retry=False)
+
+    def _infra_fault(self, flight: _Flight, reason: str, *, cost: int) -> None:
+        """Retry after a backoff within the infrastructure budget (no new claim, no attempt charged);
+        past the budget the job fails with the reason."""
+        delay = self._infra.schedule(flight.job_id, flight, cost=cost)
+        if delay is None:
+            self._fail(flight.job_id, flight.sweep_ids, flight.step,
+                       f"{reason}; gave up after {self.options.infra_retries} infrastructure retries", retry=False)
+            return
+        self.report.infra_retried += 1
+        log.warning("job %s: %s; retrying in %.1f s", flight.job_id, reason, delay)
+        self._emit(flight, "retry", error=reason)
+
     def _fail(self, job_id: int, sweep_ids: tuple[int, ...], step: int, error: str, *, retry: bool) -> None:
         try:
             with session_scope(self._url) as s:
@@ -387,15 +528,17 @@ class Scheduler:
     def _sweeps_finished(self, sweep_ids: list[int]) -> None:
         for sid in sweep_ids:
             if sid not in self.report.finished_sweeps:
+                if refine_adaptive(sid, database_url=self._url):
+                    continue  # more checkpoints to estimate: the sweep is running again
                 self.report.finished_sweeps.append(sid)
                 self._followup.sweep_done(sid)
 
     def _renew(self, s: Any | None = None) -> None:
         """One UPDATE extends the leases of every in-flight job (in `s`'s transaction when given)."""
         self._next_renew = time.monotonic() + self._renew_every
-        if not self._inflight:
+        if not self._inflight and not self._infra.waiting:
             return
-        ids = [f.job_id for f in self._inflight.values()]
+        ids = [f.job_id for f in self._inflight.values()] + self._infra.job_ids()
         if s is None:
             with session_scope(self._url) as s:
                 held = store_jobs.renew_leases(s, owner=self.owner, job_ids=ids, lease_seconds=self.options.lease_seconds)
@@ -404,28 +547,43 @@ class Scheduler:
         if held < len(ids):
             log.warning("%d of %d leases were lost (expired or cancelled)", len(ids) - held, len(ids))
 
-    def _statuses(self, s: Any | None = None) -> dict[int, str]:
+    def _statuses(self, s: Any | None = None) -> dict[int, tuple[str, str | None]]:
         self._next_check = time.monotonic() + self._check_every
-        if not self._inflight:
+        ids = [f.job_id for f in self._inflight.values()] + self._infra.job_ids()
+        if not ids:
             return {}
-        ids = [f.job_id for f in self._inflight.values()]
         if s is None:
             with session_scope(self._url) as s:
-                return store_jobs.job_statuses(s, ids)
-        return store_jobs.job_statuses(s, ids)
+                return store_jobs.job_holders(s, ids)
+        return store_jobs.job_holders(s, ids)
 
-    def _check_cancelled(self, current: dict[int, str] | None = None) -> None:
-        """Cancel the Ray tasks of jobs that `llc cancel` (or another scheduler) took away."""
+    def _check_cancelled(self, current: dict[int, tuple[str, str | None]] | None = None) -> None:
+        """Stop our copies of jobs that `llc cancel` cancelled or that another scheduler took over
+        (our lease expired and the job was released and claimed again): one copy runs, not two."""
         if current is None:
             current = self._statuses()
         if not current:
             return
-        for ref, flight in list(self._inflight.items()):
-            if current.get(flight.job_id) == JobStatus.CANCELLED:
-                ray.cancel(ref, force=True)
-                del self._inflight[ref]
+        gone = {job_id for job_id, (status, owner) in current.items()
+                if status == JobStatus.CANCELLED or owner != self.owner}
+        if not gone:
+            return
+        stopped = [(ref, f) for ref, f in self._inflight.items() if f.job_id in gone]
+        for ref, _ in stopped:
+            ray.cancel(ref, force=True)
+            del self._inflight[ref]
+        for job_id in gone:
+            if (flight := self._infra.drop(job_id)) is not None:
+                stopped.append((None, flight))
+        for _, flight in stopped:
+            if current[flight.job_id][0] == JobStatus.CANCELLED:
                 self.report.cancelled += 1
                 self._emit(flight, "cancelled")
+            else:
+                self.report.taken_over += 1
+                log.warning("job %s is no longer ours (%s, owner %s); stopped our copy", flight.job_id,
+                            *current[flight.job_id])
+                self._emit(flight, "lost", error="taken over by another scheduler")
 
     def _emit(self, flight: _Flight, status: str, *, llc_mean: float | None = None, error: str | None = None) -> None:
         if self._on_event is not None:
@@ -438,13 +596,17 @@ class Scheduler:
         try:
             self._write()
         except Exception as exc:
-            log.warning("could not store %d fetched result(s) (%s); their jobs will run again", len(self._unwritten), exc)
+            self._spool.save([(f.job_id, r) for f, r in self._unwritten])
+            log.warning("could not store %d fetched result(s) (%s); spooled to %s for the next scheduler started here",
+                        len(self._unwritten), exc, self._spool.path)
         for ref in list(self._inflight):
             ray.cancel(ref, force=True)
         self._inflight.clear()
+        self._infra.clear()
         try:
             with session_scope(self._url) as s:
-                store_jobs.release_owner_jobs(s, owner=self.owner)
+                self.report.handed_back = store_jobs.release_owner_jobs(s, owner=self.owner)
+                store_schedulers.remove(s, owner=self.owner)
         except Exception as exc:  # the store may be the thing that failed
             log.warning("could not hand back this scheduler's jobs (%s); their leases will expire", exc)
         self._followup.drain()

@@ -123,6 +123,10 @@ class Sweep(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None]
+    # MLflow outbox: set once the ended sweep's children, aggregate and parent state are logged.
+    mlflow_synced_at: Mapped[datetime | None]
+    mlflow_sync_owner: Mapped[str | None] = mapped_column(String(255))   # who is syncing it now (a lease)
+    mlflow_sync_until: Mapped[datetime | None]
 
     training_run: Mapped[TrainingRun | None] = relationship()
     jobs: Mapped[list[Job]] = relationship(secondary="sweep_jobs", back_populates="sweeps", order_by="Job.id", viewonly=True)
@@ -170,6 +174,8 @@ class SweepJob(Base):
     sweep_id: Mapped[int] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True, index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The MLflow outbox: a done job whose link has no run id still owes this sweep a child run.
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class Result(Base):
@@ -219,3 +225,16 @@ class Stage(Base):
     loss_change: Mapped[float | None] = mapped_column(Float)
     details: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SchedulerBeat(Base):
+    """A live scheduler's heartbeat and what it is doing, for `llc status` (row removed on a clean stop)."""
+
+    __tablename__ = "schedulers"
+
+    owner: Mapped[str] = mapped_column(String(255), primary_key=True)
+    state: Mapped[str] = mapped_column(String(32))            # running | recovered | stopping
+    detail: Mapped[str | None] = mapped_column(Text)
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)

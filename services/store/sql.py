@@ -5,6 +5,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -17,6 +18,19 @@ T = TypeVar("T")
 IN_CHUNK = 5000
 #: rows per multi-row INSERT (columns × rows stays under both parameter limits)
 INSERT_CHUNK = 1000
+
+
+#: pg_advisory_xact_lock key serialising "which sweeps need this job" changes (submit vs cancel)
+MEMBERSHIP_LOCK = 0x11C5_0001
+
+
+def serialize_membership(session: Session) -> None:
+    """Submit and cancel take turns (Postgres): without it, cancelling sweep A while sweep B,
+    sharing A's jobs, commits cancels B's jobs too and B waits forever. Every statement after the
+    lock sees the other's committed rows (READ COMMITTED). SQLite's BEGIN IMMEDIATE already
+    serialises writers."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(select(func.pg_advisory_xact_lock(MEMBERSHIP_LOCK)))
 
 
 def insert(session: Session, table: Any) -> Any:

@@ -15,7 +15,7 @@ from services.core.status import ACTIVE_STATUSES, ACTIVE_SWEEP_STATUSES, JobStat
 from services.store.entities import CheckpointInfo, CheckpointLike, SweepInfo
 from services.store.errors import NotFound
 from services.store.models import Checkpoint, Job, Sweep, SweepJob, TrainingRun, utcnow
-from services.store.sql import INSERT_CHUNK, in_chunks, insert
+from services.store.sql import INSERT_CHUNK, in_chunks, insert, serialize_membership
 
 NO_SWEEP = "there is no sweep with id {}; run `llc status` to list the sweeps."
 
@@ -186,23 +186,26 @@ def _distinct_sweeps(session: Session, job_ids: Sequence[int]) -> list[int]:
     return sorted({s for ids in sweeps_of_jobs(session, job_ids).values() for s in ids})
 
 
+def _sweeps_of(job_ids: Sequence[int]) -> Any:
+    """SELECT the ids of the sweeps that asked for these jobs (a subquery: no round trip of its own)."""
+    return select(SweepJob.sweep_id).where(SweepJob.job_id.in_(list(job_ids)))
+
+
 def mark_running(session: Session, *, job_ids: Sequence[int]) -> None:
-    """Jobs of these ids started: their submitted sweeps are running now (no counting needed)."""
-    sweep_ids = _distinct_sweeps(session, job_ids)
-    if sweep_ids:
-        session.execute(update(Sweep).where(Sweep.id.in_(sweep_ids), Sweep.status == SweepStatus.SUBMITTED)
+    """Jobs of these ids started: their submitted sweeps are running now (one UPDATE, no counting)."""
+    if job_ids:
+        session.execute(update(Sweep).where(Sweep.id.in_(_sweeps_of(job_ids)), Sweep.status == SweepStatus.SUBMITTED)
                         .values(status=SweepStatus.RUNNING, updated_at=utcnow()))
 
 
 def finish_done(session: Session, *, job_ids: Sequence[int]) -> list[int]:
     """Jobs of these ids reached a final state: finish each of their sweeps that has no active job
     left, and return those sweeps' ids. One UPDATE; the EXISTS stops at the first active job."""
-    sweep_ids = _distinct_sweeps(session, job_ids)
-    if not sweep_ids:
+    if not job_ids:
         return []
     now = utcnow()
     stmt = (update(Sweep)
-            .where(Sweep.id.in_(sweep_ids), Sweep.status.in_(list(ACTIVE_SWEEP_STATUSES)),
+            .where(Sweep.id.in_(_sweeps_of(job_ids)), Sweep.status.in_(list(ACTIVE_SWEEP_STATUSES)),
                    ~_active_job_of(Sweep.id))
             .values(status=SweepStatus.FINISHED, finished_at=now, updated_at=now)
             .returning(Sweep.id))
@@ -241,6 +244,7 @@ def cancel_sweep(session: Session, *, sweep_id: int) -> list[int]:
     Returns the ids of the jobs cancelled (running ones included, so the scheduler can cancel
     their Ray tasks); results a cancelled running job later reports are refused.
     """
+    serialize_membership(session)
     sweep = get_sweep(session, sweep_id=sweep_id)
     now = utcnow()
     session.execute(update(Sweep).where(Sweep.id == sweep.id).values(status=SweepStatus.CANCELLED, updated_at=now,

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 from services.store.entities import CheckpointLike, PlannedJob
-from services.store.jobkey import job_key
+from services.store.jobkey import JobKeys
 from services.core.endpoints import under_storage
 from services.sweeps.schema import LLCConfig, SamplerGrid
 
@@ -32,10 +32,14 @@ def sampler_points(grid: SamplerGrid) -> list[dict[str, Any]]:
 
 
 def expand_sweep(cfg: LLCConfig, checkpoints: Sequence[CheckpointLike], *, storage_uri: str,
-                 estimator_version: str, model_config: Mapping[str, Any] | None = None) -> list[PlannedJob]:
+                 estimator_version: str, model_config: Mapping[str, Any] | None = None,
+                 dataset_fingerprint: str | None = None) -> list[PlannedJob]:
     """One job per checkpoint × sampler point × component × seed, each with its job key and JobSpec JSON.
 
-    model_config: the checkpoints' config.json, needed when sweep.components has `heads`."""
+    Each sampler point, component and the shared parts are validated (as JobSpec dataclasses) and
+    serialized once; per job only the checkpoint and seed change, so 100,000 jobs take well under a
+    second. model_config: the checkpoints' config.json, needed when sweep.components has `heads`.
+    dataset_fingerprint: the dataset as submitted (in the spec, not the key)."""
     from workers.job import DatasetSpec, JobSpec, SamplerSpec
 
     sweep = cfg.sweep
@@ -46,26 +50,35 @@ def expand_sweep(cfg: LLCConfig, checkpoints: Sequence[CheckpointLike], *, stora
     restrictions: list[tuple[str | None, tuple[str, ...] | None]] = [(None, sample_params)]
     if sweep.components:
         restrictions = [(c, None if c == "all" else (c,)) for c in expand_components(sweep.components, model_config)]
+    keys = JobKeys(dataset=asdict(dataset), estimator_version=estimator_version)
+    points: list[tuple[dict[str, Any], dict[str, Any], tuple[str, ...] | None, str | None]] = []
+    for point in sampler_points(cfg.sampler):
+        sampler = SamplerSpec(**point)
+        for component, sampled in restrictions:
+            hyper = dict(point)
+            if component is not None:
+                hyper["component"] = component
+            elif sampled:
+                hyper["sample_params"] = list(sampled)
+            if sweep.dtype != "float32":
+                hyper["dtype"] = sweep.dtype
+            points.append((asdict(sampler), hyper, sampled, component))
+    templates: dict[str | None, dict[str, Any]] = {}
     jobs: list[PlannedJob] = []
     for ref in sorted(checkpoints, key=lambda r: r.step):
-        for point in sampler_points(cfg.sampler):
-            sampler = SamplerSpec(**point)
-            for component, sampled in restrictions:
-                hyper = dict(point)
-                if component is not None:
-                    hyper["component"] = component
-                elif sampled:
-                    hyper["sample_params"] = list(sampled)
-                if sweep.dtype != "float32":
-                    hyper["dtype"] = sweep.dtype
-                for seed in sweep.seeds:
-                    spec = JobSpec(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, step=ref.step, dataset=dataset,
-                                   sampler=sampler, seed=int(seed), device=sweep.device, num_threads=num_threads,
-                                   sample_params=sampled, compile=sweep.compile, dtype=sweep.dtype)
-                    key = job_key(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, dataset=asdict(dataset),
-                                  sampler=hyper, seed=int(seed), estimator_version=estimator_version)
-                    jobs.append(PlannedJob(checkpoint=ref, key=key, hyperparameters=hyper, seed=int(seed),
-                                           spec=spec_to_dict(spec)))
+        for sampler_json, hyper, sampled, component in points:
+            for seed in sweep.seeds:
+                template = templates.get(component)
+                if template is None:  # the first job of a component goes through JobSpec: the rest share its shape
+                    template = templates[component] = spec_to_dict(JobSpec(
+                        checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, step=ref.step, dataset=dataset,
+                        sampler=SamplerSpec(**sampler_json), seed=int(seed), device=sweep.device,
+                        num_threads=num_threads, sample_params=sampled, compile=sweep.compile, dtype=sweep.dtype,
+                        dataset_fingerprint=dataset_fingerprint))
+                spec = {**template, "checkpoint_uri": ref.uri, "fingerprint": ref.fingerprint, "step": ref.step,
+                        "sampler": sampler_json, "seed": int(seed)}
+                key = keys.key(checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, sampler=hyper, seed=int(seed))
+                jobs.append(PlannedJob(checkpoint=ref, key=key, hyperparameters=hyper, seed=int(seed), spec=spec))
     return jobs
 
 

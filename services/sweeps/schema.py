@@ -56,18 +56,36 @@ class SamplerGrid:
 
 
 @dataclass
+class AdaptiveDensity:
+    """Estimate `initial` log-spaced checkpoints of the selection first, then up to `budget` more,
+    `per_round` at a time (null: a third of the budget), where λ̂ bends or a stage boundary's
+    interval is widest, until the budget is spent or the curve is resolved. `initial: null`
+    (the default) turns it off: every selected checkpoint is estimated."""
+
+    initial: Optional[int] = None
+    budget: int = 10
+    per_round: Optional[int] = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.initial is not None
+
+
+@dataclass
 class CheckpointSelection:
-    """all (defaults), every k-th (`every`), a step range (`start`/`stop`, inclusive), or `steps`."""
+    """all (defaults), every k-th (`every`), a step range (`start`/`stop`, inclusive), or `steps`;
+    `adaptive` then estimates a thinned set of those first and adds checkpoints where needed."""
 
     every: int = 1
     start: Optional[int] = None
     stop: Optional[int] = None
     steps: Optional[List[int]] = None
+    adaptive: AdaptiveDensity = field(default_factory=AdaptiveDensity)
 
 
 @dataclass
 class DatasetConfig:
-    uri: str = "demo-run/dataset"        # relative → under the storage URI
+    uri: str = "${sweep.run}/dataset"    # relative → under the storage URI; by default next to the run
     max_sequences: Optional[int] = None
 
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol, TypeVar
 
+import numpy as np
+
 from services.core.errors import UserError
-from services.sweeps.schema import CheckpointSelection
+from services.sweeps.schema import AdaptiveDensity, CheckpointSelection
 
 
 class SelectionError(UserError, ValueError):
@@ -21,6 +24,10 @@ R = TypeVar("R", bound=_HasStep)
 
 
 def describe(sel: CheckpointSelection) -> str:
+    if sel.adaptive.enabled:
+        a = sel.adaptive
+        return (f"adaptive (first {a.initial}, then up to {a.budget} more) within "
+                f"{describe(replace(sel, adaptive=AdaptiveDensity()))}")
     if sel.steps is not None:
         return f"steps {list(sel.steps)}"
     parts = []
@@ -53,7 +60,23 @@ def select_checkpoints(refs: Sequence[R], sel: CheckpointSelection, *, run_uri: 
         raise SelectionError(
             f"No checkpoint under {run_uri} matches the selection ({describe(sel)}); available steps are "
             f"{_short(available)}, so widen sweep.checkpoints.start/stop.")
+    if sel.adaptive.enabled:
+        return log_spaced(chosen, int(sel.adaptive.initial))  # type: ignore[arg-type]
     return chosen
+
+
+def log_spaced(refs: Sequence[R], count: int) -> list[R]:
+    """`count` of `refs` (sorted by step) nearest to evenly spaced points on log(step + 1), both
+    ends kept: the adaptive sweep's first pass. Picks depend on the steps only, so a run that
+    grows keeps most of its earlier picks (and their finished jobs)."""
+    if count >= len(refs):
+        return list(refs)
+    xs = np.log(np.asarray([r.step for r in refs], dtype=float) + 1.0)
+    picked: set[int] = set()
+    for target in np.linspace(xs[0], xs[-1], count):
+        order = np.argsort(np.abs(xs - target), kind="stable")
+        picked.add(int(next(i for i in order if int(i) not in picked)))
+    return [refs[i] for i in sorted(picked)]
 
 
 def _short(steps: list[int]) -> str:

@@ -6,7 +6,9 @@ first write, and the writes happen in one transaction, so a refused submission s
 from __future__ import annotations
 
 import getpass
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.core.errors import UserError
 from services.store import jobs as store_jobs
@@ -18,6 +20,7 @@ from services.store.entities import PlannedJob
 from services.sweeps.expand import expand_sweep
 from services.sweeps.schema import LLCConfig
 from services.sweeps.selection import describe, select_checkpoints
+from services.sweeps.validate import validate_sweep
 
 
 class SubmitError(UserError):
@@ -52,7 +55,8 @@ class SubmitOutcome:
 
 
 def plan_sweep(cfg: LLCConfig) -> SweepPlan:
-    """Discover and select checkpoints and expand the grid; reads the object store, writes nothing."""
+    """Discover and select checkpoints, check the sweep can run, expand the grid; reads the object
+    store, writes nothing."""
     from workers.checkpoints import CheckpointError, discover_checkpoints
     from workers.llc import ESTIMATOR_VERSION
 
@@ -65,10 +69,12 @@ def plan_sweep(cfg: LLCConfig) -> SweepPlan:
         raise SubmitError(f"{str(exc).rstrip('.')} (sweep.run={cfg.sweep.run}, selection: "
                           f"{describe(cfg.sweep.checkpoints)}); nothing was submitted.") from exc
     chosen = select_checkpoints(refs, cfg.sweep.checkpoints, run_uri=run_uri)
+    dataset_uri = ends.under_storage(cfg.sweep.dataset.uri)
+    fingerprint = validate_sweep(cfg, dataset_uri=dataset_uri, checkpoints=chosen)
     model_config = _model_config(chosen) if "heads" in (cfg.sweep.components or ()) else None
     try:
         jobs = expand_sweep(cfg, chosen, storage_uri=ends.storage_uri, estimator_version=ESTIMATOR_VERSION,
-                            model_config=model_config)
+                            model_config=model_config, dataset_fingerprint=fingerprint)
     except ValueError as exc:
         raise SubmitError(f"{str(exc).rstrip('.')}; nothing was submitted.") from exc
     return SweepPlan(run_uri=run_uri, endpoints=ends, config=to_dict(cfg), checkpoints=chosen, jobs=jobs,
@@ -102,13 +108,19 @@ def submit_plan(plan: SweepPlan, *, name: str, submitted_by: str | None, databas
     who = submitted_by or _user()
     with session_scope(database_url) as s:
         run_id = store_sweeps.upsert_training_run(s, uri=plan.run_uri)
-        store_sweeps.upsert_checkpoints(s, training_run_id=run_id, checkpoints=plan.checkpoints)
         sweep = store_sweeps.create_sweep(s, name=name, config=plan.config, submitted_by=who, training_run_id=run_id)
-        outcome = store_jobs.add_jobs(s, sweep_id=sweep.id, jobs=plan.jobs)
+        outcome = link_jobs(s, sweep_id=sweep.id, run_id=run_id, checkpoints=plan.checkpoints, jobs=plan.jobs)
         sweep_id = sweep.id
     return SubmitOutcome(sweep_id=sweep_id, name=name, run_uri=plan.run_uri, checkpoints=len(plan.checkpoints),
                          jobs=len(plan.jobs), new=outcome.new, already_done=outcome.already_done,
                          already_queued=outcome.already_queued, skipped=tuple(plan.skipped))
+
+
+def link_jobs(s: Any, *, sweep_id: int, run_id: int, checkpoints: Sequence[Any], jobs: Sequence[PlannedJob]
+              ) -> Any:
+    """Store the checkpoints and link the planned jobs to the sweep (finished keys reused)."""
+    store_sweeps.upsert_checkpoints(s, training_run_id=run_id, checkpoints=checkpoints)
+    return store_jobs.add_jobs(s, sweep_id=sweep_id, jobs=jobs)
 
 
 def _user() -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from datetime import datetime
 from typing import Any
 
 from rich.console import Group
@@ -23,6 +24,24 @@ def sweeps_table(sweeps: list[Any], counts: dict[int, dict[str, int]]) -> Table:
         c = counts[sw.id]
         table.add_row(str(sw.id), sw.name, sw.status, sw.created_at.strftime("%Y-%m-%d %H:%M"),
                       *[str(c.get(s, 0)) for s in STATES])
+    return table
+
+
+#: a heartbeat older than this: the scheduler died, or it cannot reach the store (an outage)
+STALE_HEARTBEAT_S = 150.0
+
+
+def schedulers_table(schedulers: list[Any], now: datetime) -> Table | Text:
+    """Live schedulers: state, jobs in flight, last heartbeat (a stale one is flagged)."""
+    if not schedulers:
+        return Text("no scheduler is running (start one with `llc scheduler`)")
+    table = Table(title="schedulers")
+    for col in ("scheduler", "state", "in flight", "last seen", "detail"):
+        table.add_column(col, justify="right" if col == "in flight" else "left")
+    for sc in schedulers:
+        age = (now - sc.heartbeat_at).total_seconds()
+        state = sc.state if age <= STALE_HEARTBEAT_S else f"silent {age:.0f} s: dead, or cut off from the store"
+        table.add_row(sc.owner, state, str(sc.in_flight), f"{age:.0f} s ago", sc.detail or "")
     return table
 
 

@@ -44,6 +44,11 @@ def test_demo_small_runs_end_to_end_and_reuses_its_work(tmp_path: Path) -> None:
     with Image.open(plot) as img:
         assert img.format == "PNG" and img.size[0] > 400 and img.size[1] > 300
 
+    heads = home / "aggregates" / "sweep-1" / "heads.png"
+    assert f"Per-head heatmap: {heads}" in first.stdout.replace("\n", "") and heads.exists()
+    assert (home / "aggregates" / "sweep-1" / "stages-heads.png").exists()
+    assert "Per-head scores" in out and "type (prob.)" in out and "heads that moved" in out
+
     db = sqlite3.connect(home / "llc.db")
     statuses = dict(db.execute("select status, count(*) from jobs group by status").fetchall())
     llcs = [r[0] for r in db.execute("select llc_mean from results").fetchall()]

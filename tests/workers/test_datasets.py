@@ -97,3 +97,20 @@ def test_induction_sequences_repeat_a_segment() -> None:
     # Offsets vary, so no fixed look-back distance solves the task.
     assert len(np.unique(cols - src)) > 5
     assert 0.1 < batch.in_context.mean() < 0.5
+
+
+def test_skip_bigrams_follow_the_fixed_map_and_keep_the_copy_exact() -> None:
+    from workers.datasets import skip_bigram_map
+
+    batch = induction_sequences(num_sequences=400, seq_len=32, vocab_size=64, seed=3, skip_bigram=0.3)
+    table = skip_bigram_map(64)
+    tok = batch.tokens
+    follows = tok[:, 2:] == table[tok[:, :-2]]
+    # ~30% set by the map plus chance (1/64) and the copies; far above chance alone.
+    assert 0.2 < follows.mean() < 0.45
+    plain = induction_sequences(num_sequences=400, seq_len=32, vocab_size=64, seed=3)
+    assert (plain.tokens[:, 2:] == table[plain.tokens[:, :-2]]).mean() < 0.05
+    rows, cols = np.nonzero(batch.in_context)
+    assert (tok[rows, cols] == tok[rows, batch.source[rows, cols]]).all()
+    with pytest.raises(DatasetError, match="skip_bigram is a probability"):
+        induction_sequences(num_sequences=1, seq_len=8, vocab_size=8, seed=0, skip_bigram=1.5)

@@ -56,6 +56,12 @@ def test_induction_heads_form(tiny_run: DemoRun) -> None:
     assert last["induction_head"].startswith("1.")                               # it sits in layer 1
     assert last["other_loss"] > 4.0                                              # random tokens stay random
     assert tiny_run.formed_at_step is not None and 0 < tiny_run.formed_at_step <= TINY.steps
+    # Per-head scores: the induction head named above scores as it does; a layer-0 head attends to t − 1.
+    heads = last["heads"]
+    assert len(heads) == TINY.n_layers * TINY.n_heads
+    assert heads[last["induction_head"]]["induction"] > 0.5
+    assert max(h["prev_token"] for name, h in heads.items() if name.startswith("0.")) > 0.5
+    assert max(h["prev_token"] for h in first["heads"].values()) < 0.3
 
 
 def test_run_layout_loads_through_the_job_path(tiny_run: DemoRun, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from .accumulate import AccumulatingStepper
 from .baselines import constant_baseline, item_loss_table
-from .calibration import Calibration, PilotStats, calibrate, carried
+from .calibration import Calibration, PilotStats, burnin_for, calibrate, carried, pilot_draws
 from .chains import ChainRecords, run_group
 from .components import resolve_selection
 from .config import AUTO, SGLDConfig
@@ -185,22 +185,31 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     run_cfg = cfg
     if cfg.epsilon == AUTO:
         scale = _precondition_scale(cfg, seq, probe, flat0)
-        pilot_cfg = replace(cfg, num_draws=max(100, cfg.num_draws // 4), epsilon=1.0, epsilon_hint=None)
+        pilot_cfg = replace(cfg, epsilon=1.0, epsilon_hint=None)
+
+        def at(run_cfg: SGLDConfig, eps: float) -> SGLDConfig:
+            """run_cfg at eps, with the burn-in that step needs."""
+            return replace(run_cfg, epsilon=eps, num_burnin=burnin_for(run_cfg.num_burnin, eps * nbeta * scale))
 
         def pilot(eps: float) -> PilotStats:
-            return _pilot_stats(summarize(*sample(replace(pilot_cfg, epsilon=eps), None), pilot_cfg))
+            run = replace(at(pilot_cfg, eps), num_draws=pilot_draws(eps * nbeta * scale))
+            records, seconds = sample(run, None)
+            return _pilot_stats(summarize(records, run, seconds))
 
         if cfg.epsilon_hint is not None:
-            hinted = replace(cfg, epsilon=float(cfg.epsilon_hint))
-            res = summarize(*sample(hinted, _progress(progress, cfg)), hinted)
+            hinted = at(cfg, float(cfg.epsilon_hint))
+            records, seconds = sample(hinted, _progress(progress, hinted))
+            res = summarize(records, hinted, seconds)
             calibration = carried(_pilot_stats(res), nbeta=nbeta, scale=scale)
             if calibration is not None:
+                calibration.num_burnin = hinted.num_burnin
                 return _with_calibration(res, calibration)
         calibration = calibrate(pilot, nbeta=nbeta, scale=scale)
-        run_cfg = replace(cfg, epsilon=calibration.epsilon)
-    records, sampling_s = sample(run_cfg, _progress(progress, cfg))
+        run_cfg = at(cfg, calibration.epsilon)
+        calibration.num_burnin = run_cfg.num_burnin
+    records, sampling_s = sample(run_cfg, _progress(progress, run_cfg))
     if progress is not None:
-        progress(cfg.num_chains * total_steps, cfg.num_chains * total_steps)
+        progress(run_cfg.num_chains * run_cfg.num_steps, run_cfg.num_chains * run_cfg.num_steps)
     res = summarize(records, run_cfg, sampling_s)
     return _with_calibration(res, calibration) if calibration is not None else res
 
@@ -250,8 +259,10 @@ def _precondition_scale(cfg: SGLDConfig, seq: SequentialStepper, probe: Any, fla
 
 def _pilot_stats(res: LLCResult) -> PilotStats:
     d = res.diagnostics
-    ok = [v for v in res.llc_per_chain if math.isfinite(v)]
-    se = float(np.std(ok, ddof=1) / math.sqrt(len(ok))) if len(ok) >= 2 else float("inf")
+    ok = ~np.asarray(res.chain_diverged, dtype=bool)
+    delta = res.nbeta * (res.loss_trace[ok] - res.baseline_trace[ok])
+    ess = float(d["ess_bulk"])
+    se = float(delta.std(ddof=1) / math.sqrt(ess)) if delta.size >= 2 and ess > 0 else float("inf")
     return PilotStats(epsilon=float(res.diagnostics["epsilon"]), llc_mean=float(res.llc_mean), llc_se=se,
                       r_hat=float(d["r_hat"]), drift_z=float(d["drift_z"]), chains_dropped=int(d["chains_dropped"]),
                       chain_steps=int(d["chain_steps"]))

@@ -30,10 +30,16 @@ class ReferenceRun:
     loss_trace: np.ndarray        # (chains, draws) L_m(w_t) at the draws
     baseline_trace: np.ndarray    # (chains, draws) L_m(w*) on the same batches
     nbeta: float
+    exact_trace: np.ndarray | None = None   # (chains, draws) L_n(w_t) over the whole dataset (exact=True)
+    exact_wstar: float | None = None        # L_n(w*)
 
 
-def reference_llc(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, config: SGLDConfig) -> ReferenceRun:
-    """lambda_hat_chain = nbeta * mean over draws of (L_m(w_t) - L_m(w*)), paired baseline only."""
+def reference_llc(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, config: SGLDConfig,
+                  exact: bool = False) -> ReferenceRun:
+    """lambda_hat_chain = nbeta * mean over draws of (L_m(w_t) - L_m(w*)), paired baseline only.
+
+    exact=True also records the full-data loss L_n(w_t) at every draw (and L_n(w*)): the
+    textbook estimator the minibatch one must agree with in expectation."""
     cfg = config
     if cfg.epsilon == "auto" or cfg.baseline != "paired":
         raise ValueError("reference_llc runs a fixed epsilon with the paired baseline; set epsilon and baseline='paired'.")
@@ -57,9 +63,13 @@ def reference_llc(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, config
             offset += size
         return functional_call(module, params, (batch,))
 
+    everything = default_collate([dataset[i] for i in range(n)]) if exact else None
     was_training = model.training
     model.eval()
     try:
+        exact_trace = np.full((cfg.num_chains, cfg.num_draws), np.nan) if exact else None
+        with torch.no_grad():
+            exact_wstar = float(loss_fn(model, everything)) if exact else None
         losses = np.full((cfg.num_chains, cfg.num_draws), np.nan)
         baselines = np.full((cfg.num_chains, cfg.num_draws), np.nan)
         for c in range(cfg.num_chains):
@@ -77,6 +87,8 @@ def reference_llc(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, config
                     losses[c, draw] = float(loss.detach())
                     with torch.no_grad():
                         baselines[c, draw] = float(loss_fn(model, batch))
+                        if exact_trace is not None:
+                            exact_trace[c, draw] = float(loss_at(w, everything))
                 noise = torch.randn(w.shape, generator=noise_gen, dtype=dtype)
                 with torch.no_grad():
                     w_rows = w.unsqueeze(0)
@@ -85,4 +97,5 @@ def reference_llc(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, config
     finally:
         model.train(was_training)
     per_chain = (nbeta * (losses - baselines).mean(axis=1)).tolist()
-    return ReferenceRun(llc_per_chain=per_chain, loss_trace=losses, baseline_trace=baselines, nbeta=nbeta)
+    return ReferenceRun(llc_per_chain=per_chain, loss_trace=losses, baseline_trace=baselines, nbeta=nbeta,
+                        exact_trace=exact_trace, exact_wstar=exact_wstar)

@@ -48,6 +48,13 @@ def eval_loss(step: int) -> float:
     return 3 - 2 * _sig((math.log(step + 1) - math.log(300)) / 0.4)
 
 
+def heads(step: int) -> dict:
+    """Head scores: 0.0 becomes a previous-token head and 1.0 an induction head in the rise; 0.1 never moves."""
+    rise = _sig((math.log(step + 1) - math.log(300)) / 0.4)
+    return {"0.0": {"prev_token": 0.1 + 0.8 * rise, "induction": 0.05}, "0.1": {"prev_token": 0.1, "induction": 0.05},
+            "1.0": {"prev_token": 0.05, "induction": 0.05 + 0.7 * rise}}
+
+
 def _hyper(eps: float) -> dict:
     return {"epsilon": eps, "gamma": 100.0, "nbeta": None, "num_chains": 2, "num_draws": 50, "num_burnin": 5,
             "batch_size": 16, "steps_between_draws": 1, "baseline": "paired"}
@@ -73,7 +80,8 @@ def sweep_id(store_url: str, tmp_path: Path) -> int:
             ck_dir = run_dir / f"step-{step}"
             ck_dir.mkdir(parents=True)
             (ck_dir / "metadata.json").write_text(json.dumps({"step": step, "loss": eval_loss(step),
-                                                              "train_loss": eval_loss(step) + 0.01}))
+                                                              "train_loss": eval_loss(step) + 0.01,
+                                                              "heads": heads(step)}))
             ck = upsert_checkpoint(s, training_run_id=tr, step=step, uri=ck_dir.as_uri(), fingerprint=f"fp{step}-{tr}")
             for eps in EPSILONS:
                 for seed in SEEDS:
@@ -125,6 +133,14 @@ def test_aggregate_sweep_end_to_end(store_url: str, sweep_id: int, mlflow_server
     # Stages of the recommended setting: type A (rise, loss falls) then B (fall, loss flat) near the peak.
     rec = report.stages_for(report.recommended.key)
     assert [s.kind for s in rec] == ["A", "B"]
+    # ... with bootstrap intervals around each boundary and type probabilities; the heads that formed named.
+    rec_items = [st for st in report.stages if st.setting_key == report.recommended.key]
+    a_item, b_item = rec_items
+    assert a_item.uncertainty is not None and a_item.uncertainty.resolved
+    shared = a_item.uncertainty.end
+    assert shared is not None and shared.low <= shared.step <= shared.high and shared.presence > 0.5
+    assert a_item.uncertainty.kind_probability["A"] > 0.5
+    assert "0.0 prev-token +" in a_item.heads and "1.0 induction +" in a_item.heads and "0.1" not in a_item.heads
     peak = max(STEPS, key=lambda st: true_llc(st, 3e-4))
     assert 300 <= rec[0].end_step <= 3000 and abs(math.log(rec[0].end_step / peak)) < 1.0
     with session_scope(store_url) as s:
@@ -147,10 +163,14 @@ def test_aggregate_sweep_end_to_end(store_url: str, sweep_id: int, mlflow_server
     diverged_series = client.get_metric_history(report.mlflow_run_id, f"llc/{by_eps[1e-3].metric_label}")
     assert sorted(m.step for m in diverged_series) == STEPS  # the other seed still measured step 3000
     artifacts = {a.path for a in client.list_artifacts(report.mlflow_run_id)}
-    assert {"overview.png", "stages.csv", "stages.json", "stability.csv"} <= artifacts
+    assert {"overview.png", "stages.csv", "stages.json", "stability.csv", "heads.png", "stages-heads.png"} <= artifacts
+    prev = sorted((m.step, m.value) for m in client.get_metric_history(report.mlflow_run_id, "heads/0.0/prev_token"))
+    assert [p[0] for p in prev] == STEPS and prev[-1][1] == pytest.approx(heads(STEPS[-1])["0.0"]["prev_token"])
+    stored_details = json.loads((tmp_path / "agg" / "stages.json").read_text())["stages"]
+    assert all("kind_probability" in d and "end_interval" in d for d in stored_details)
 
-    # Plots: one per setting plus the overview, real PNGs of a sane size.
-    assert len(report.plots) == 4
+    # Plots: one per setting, the overview, the head heatmap and stages+heads: real PNGs of a sane size.
+    assert len(report.plots) == 6
     for path in report.plots:
         with Image.open(path) as img:
             assert img.format == "PNG" and img.size[0] >= 600 and img.size[1] >= 300

@@ -41,3 +41,5 @@ def test_bad_options_and_uris_are_one_sentence(capsys: pytest.CaptureFixture[str
     assert "--steps must be at least 1" in capsys.readouterr().err
     assert main(["train-demo", "--steps", "2", "--out", "http://example.com/run", "--quiet"]) == 2
     assert "neither s3://bucket/prefix nor file:///path" in capsys.readouterr().err
+    assert main(["train-demo", "--skip-bigram", "1.5", "--out", tmp_path.as_uri()]) == 2
+    assert "--skip-bigram is a probability in [0, 1), got 1.5" in capsys.readouterr().err

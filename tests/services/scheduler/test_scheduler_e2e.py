@@ -78,11 +78,15 @@ def test_missing_checkpoint_fails_only_its_jobs_and_divergence_is_final(
     assert sub.new == 4
     bucket = storage.removeprefix("s3://")
     boto3.client("s3", endpoint_url=s3_endpoint).delete_object(Bucket=bucket, Key="broken-run/step-6/model.safetensors")
-    # An unreachable tracking server is logged per job and never loses a stored result.
+    # An unreachable tracking server never loses a stored result: the store's outbox owes its runs.
+    from services.store import outbox
     from tests.conftest import free_port
 
     report = _run(db, sub.sweep_id, tracker=Tracker(f"http://127.0.0.1:{free_port()}"))
-    assert (report.succeeded, report.diverged, report.failed, report.tracking_errors) == (1, 1, 2, 2)  # type: ignore[attr-defined]
+    assert (report.succeeded, report.diverged, report.failed) == (1, 1, 2)  # type: ignore[attr-defined]
+    assert report.tracking_errors >= 1  # type: ignore[attr-defined]
+    with session_scope(db) as s:
+        assert outbox.owed_count(s, sweep_ids=[sub.sweep_id]) == 2
     with session_scope(db) as s:
         rows = sweep_results(s, sweep_id=sub.sweep_id)
     by = {(r.step, r.hyperparameters["epsilon"]): r for r in rows}

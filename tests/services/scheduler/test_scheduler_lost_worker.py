@@ -1,5 +1,6 @@
 """A Ray worker killed mid-job (SIGKILL, as the OOM killer or a lost node would) is retried:
-the job is requeued by the scheduler, runs again and lands exactly once.
+an infrastructure fault, run again by the scheduler after a backoff without charging an
+attempt, and the result lands exactly once.
 
 No race with the job finishing first: on its first attempt the job's own worker process
 writes its PID to a marker file and SIGKILLs itself; the second attempt (marker present)
@@ -52,15 +53,16 @@ def test_a_killed_worker_is_requeued_and_its_job_lands_once(storage: str, db: st
     sub = submit_sweep(load_config(overrides), submitted_by="tester")
     assert sub.new == 1
     marker = tmp_path / "first-attempt.pid"
-    # No Ray-level retry: the scheduler's own requeue path is what this test watches.
+    # No Ray-level retry: the scheduler's own infrastructure retry is what this test watches.
     opts = SchedulerOptions(database_url=db, sweep_id=sub.sweep_id, until_idle=True, max_in_flight=1,
-                            lease_seconds=30, poll_seconds=0.2, ray_max_retries=0, max_attempts=3)
+                            lease_seconds=30, poll_seconds=0.2, ray_max_retries=0, max_attempts=3,
+                            infra_backoff_s=0.1)
     report = Scheduler(opts, aggregate=False, task=_dies_on_first_attempt(marker)).run()
 
     victim = int(marker.read_text())
     assert victim != os.getpid()
-    assert (report.succeeded, report.failed, report.retried) == (1, 0, 1)
+    assert (report.succeeded, report.failed, report.retried, report.infra_retried) == (1, 0, 0, 1)
     with session_scope(db) as s:
         job = s.scalars(select(Job)).one()
-        assert (job.status, job.attempts) == ("succeeded", 2)
+        assert (job.status, job.attempts) == ("succeeded", 1)      # a lost worker is not the job's fault
         assert s.scalar(select(func.count()).select_from(Result)) == 1

@@ -10,7 +10,7 @@ from services.store import db
 from services.store.errors import SchemaOutOfDate
 from services.store.models import Base
 
-TABLES = {"training_runs", "checkpoints", "sweeps", "jobs", "sweep_jobs", "results", "stages"}
+TABLES = {"training_runs", "checkpoints", "sweeps", "jobs", "sweep_jobs", "results", "stages", "schedulers"}
 
 
 def _tables(url: str) -> set[str]:

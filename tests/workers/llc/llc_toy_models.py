@@ -84,3 +84,64 @@ class DictTokens(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.tokens[i]}
+
+
+def rrr_lambda(m: int, h: int, n_out: int, r: int) -> float:
+    """Aoyagi & Watanabe (2005): lambda of reduced-rank regression x (m) -> h -> y (n_out), true rank r."""
+    if n_out + r <= m + h and m + r <= n_out + h and h + r <= m + n_out:
+        value = 2 * (h + r) * (m + n_out) - (m - n_out) ** 2 - (h + r) ** 2
+        return (value + (1 if (m + h + n_out + r) % 2 else 0)) / 8
+    if m + h < n_out + r:
+        return (h * m - h * r + n_out * r) / 2
+    if n_out + h < m + r:
+        return (h * n_out - h * r + m * r) / 2
+    return m * n_out / 2
+
+
+def dln_lambda(widths: tuple[int, ...], r: int) -> float:
+    """Aoyagi (2024): lambda of a deep linear network with widths (input, ..., output) and true rank r."""
+    import itertools
+
+    big_m = [w - r for w in widths]
+    idx = range(len(widths))
+    for size in range(2, len(widths) + 1):
+        for subset in itertools.combinations(idx, size):
+            inside = [big_m[i] for i in subset]
+            outside = [big_m[i] for i in idx if i not in subset]
+            ell, total = size - 1, sum(inside)
+            low_out = min(outside) if outside else math.inf
+            if max(inside) < low_out and total >= ell * max(inside) and total < ell * low_out:
+                a = total - ell * (total // ell)
+                pairs = sum(inside[i] * inside[j] for i in range(size) for j in range(i + 1, size))
+                return ((-r * r + r * (widths[0] + widths[-1])) / 2 + a * (ell - a) / (4 * ell)
+                        - ell * (ell - 1) / 4 * (total / ell) ** 2 + pairs / 2)
+    raise ValueError(f"no index set satisfies Aoyagi's conditions for widths {widths}, rank {r}")
+
+
+class DeepLinear(nn.Module):
+    """y = W_L ... W_1 x (no biases)."""
+
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b, bias=False) for a, b in zip(widths[:-1], widths[1:], strict=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def deep_linear(*, widths: tuple[int, ...], rank: int, n: int, seed: int = 0) -> tuple[DeepLinear, TensorDataset]:
+    """A teacher of the given rank as w* (so lambda is Aoyagi's), data y = teacher(x) + N(0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    model = DeepLinear(widths)
+    with torch.no_grad():
+        for i, layer in enumerate(model.layers):
+            w = torch.randn(layer.weight.shape, generator=g)
+            if i == 0:   # rank r: zero all but r rows of the first layer's output (at most r directions pass)
+                w[rank:] = 0.0
+            layer.weight.copy_(w / math.sqrt(layer.weight.shape[1]))
+    x = torch.randn(n, widths[0], generator=g)
+    with torch.no_grad():
+        y = model(x) + torch.randn(n, widths[-1], generator=g)
+    return model, TensorDataset(x, y)

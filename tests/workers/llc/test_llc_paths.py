@@ -70,6 +70,9 @@ def test_divergence_is_flagged_per_chain_without_poisoning_the_others() -> None:
     flags = np.array(vec.chain_diverged)
     assert 0 < flags.sum() < 8, flags          # sqrt(eps * 400) = 0.2 per unit: some cross 0.3
     assert vec.diverged and vec.diagnostics["diverged"] and vec.diagnostics["num_diverged"] == flags.sum()
+    # Partial divergence is said in the result: how many chains were dropped, and a note why it matters.
+    assert vec.diagnostics["chains_dropped"] == flags.sum() and vec.diagnostics["partially_diverged"] is True
+    assert "dropped" in vec.notes["divergence"]
     per_chain = np.array(vec.llc_per_chain)
     assert np.isnan(per_chain[flags]).all() and np.isfinite(per_chain[~flags]).all()
     assert vec.llc_mean == per_chain[~flags].mean()

@@ -30,12 +30,12 @@ def _pilot(*, lam: float = 4.0, slope: float = 4.0, se: float = 0.05, diverge_ab
 
 
 def test_pick_is_the_smaller_step_of_the_first_agreeing_pair() -> None:
-    run, calls = _pilot()
+    run, calls = _pilot(slope=1.0, se=0.2)
     cal = calibrate(run, nbeta=NBETA)
-    # Relative gaps 4 (c1 - c2) / (1 + 4 c2): 0.3 -> 0.1: 36%, 0.1 -> 0.03: 22%, 0.03 -> 0.01: 7% (< 10%,
-    # and within 2 s.e. of 0.05 each? no: 0.32 > 0.14), 0.01 -> 0.003: 2.7% and 0.11 < 0.14: agree.
-    assert cal.epsilon == pytest.approx(3e-3 / NBETA)
-    assert calls == [c for c in GRID if c >= 3e-3]          # the scan stops at the pick
+    # lambda_hat 4 (1 + c): 0.3 -> 0.1 differ by 0.8 (> 2 s.e. = 0.57); 0.1 -> 0.03 by 0.28
+    # (< 0.57 and 6.8% < 10%): they agree, and the smaller step is taken.
+    assert cal.epsilon == pytest.approx(0.03 / NBETA)
+    assert calls == [c for c in GRID if c >= 0.03]           # the scan stops at the pick
     assert [p.usable for p in cal.points][:1] == [False] and "diverged" in cal.points[0].why
     assert "agree" in cal.reason and cal.pilot_chain_steps == 10 + 100 * (len(calls) - 1)
     record = cal.to_dict()

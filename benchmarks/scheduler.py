@@ -91,7 +91,7 @@ def main() -> None:
     from rich.console import Console
 
     from services.scheduler.loop import Scheduler, SchedulerOptions
-    from services.store import repository as repo
+    from services.store.results import sweep_results
     from services.store.db import session_scope, upgrade
     from services.sweeps.config import load_config
     from services.sweeps.submit import submit_sweep
@@ -130,7 +130,7 @@ def main() -> None:
     finally:
         ray.shutdown()
     with session_scope(url) as s:
-        rows = repo.sweep_results(s, sweep_id=sub.sweep_id)
+        rows = sweep_results(s, sweep_id=sub.sweep_id)
     walls = [r.wall_time_s for r in rows if r.wall_time_s is not None]
     ideal = sum(walls) / args.cpus
     t1 = time.perf_counter()

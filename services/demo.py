@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from rich.console import Console
+
+from services.core.endpoints import resolve_endpoints
+from services.run import RunOutcome, run_sweep
+from services.store.db import ensure_schema
+from services.sweeps.config import load_config
+from services.tracking import Tracker
+from workers.demo_training import DemoRun, DemoSettings, train_demo
 
 #: The CI-size demo: short training and a tiny sweep, in its own run prefix.
 SMALL_TRAINING = {"steps": 400, "num_checkpoints": 10, "dataset_sequences": 256}
@@ -21,18 +27,12 @@ SMALL_OVERRIDES = ("sweep=small", "sweep.run=demo-run-small", "sweep.dataset.uri
 
 @dataclass
 class DemoOutcome:
-    run: Any          # workers.demo_training.DemoRun
-    sweep: Any        # services.run.RunOutcome
+    run: DemoRun
+    sweep: RunOutcome
 
 
 def run_demo(*, small: bool = False, overrides: Sequence[str] = (), retrain: bool = False, tracking: bool = True,
              console: Console | None = None) -> DemoOutcome:
-    from services.store.db import ensure_schema
-    from services.sweeps.config import load_config
-    from services.core.endpoints import resolve_endpoints
-    from services.run import run_sweep
-    from workers.demo_training import DemoSettings, train_demo
-
     console = console or Console()
     # Resolve the config first: a bad override is refused before any work is done.
     cfg = load_config([*(SMALL_OVERRIDES if small else ("sweep=demo",)), *overrides])
@@ -52,8 +52,6 @@ def run_demo(*, small: bool = False, overrides: Sequence[str] = (), retrain: boo
     console.rule("[bold]2/3 · LLC sweep over the checkpoints[/bold]")
     tracker = None
     if tracking:
-        from services.tracking import Tracker
-
         tracker = Tracker(ends.tracking_uri)
     outcome = run_sweep(cfg, console=console, tracker=tracker)
 

@@ -7,46 +7,42 @@ unset. Aggregation runs in the foreground at the end so its report can be printe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
+import ray
 from rich.console import Console
 
+from services.aggregator import AggregateReport, aggregate_sweep
+from services.core.errors import UserError
 from services.core.status import TERMINAL_STATUSES
+from services.scheduler.cluster import connect, disconnect
+from services.scheduler.loop import JobEvent, Scheduler, SchedulerOptions, SchedulerReport
+from services.sweeps import views
 from services.sweeps.schema import LLCConfig
-
+from services.sweeps.submit import SubmitOutcome, plan_sweep, submit_plan
+from services.tracking import Tracker
 
 
 @dataclass
 class RunOutcome:
     sweep_id: int
-    submitted: Any          # services.sweeps.submit.SubmitOutcome
-    scheduler: Any | None   # services.scheduler.loop.SchedulerReport, None when nothing had to run
-    aggregate: Any | None   # services.aggregator.AggregateReport, None when aggregation failed
+    submitted: SubmitOutcome
+    scheduler: SchedulerReport | None   # None when nothing had to run
+    aggregate: AggregateReport | None
 
 
 def max_in_flight(requested: int | None, num_cpus_per_job: float) -> int:
     """Enough tasks to keep every CPU busy, plus one batch queued behind them."""
     if requested is not None:
         if requested < 1:
-            from services.core.errors import UserError
-
             raise UserError(f"--max-in-flight must be at least 1, got {requested}.")
         return requested
-    import ray
-
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
     return max(1, int(cpus // max(num_cpus_per_job, 1e-9)) * 2)
 
 
-def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Any | None, requested_in_flight: int | None = None,
+def run_sweep(cfg: LLCConfig, *, console: Console, tracker: Tracker | None, requested_in_flight: int | None = None,
               lease_seconds: float = 120.0, poll_seconds: float = 0.5, max_attempts: int = 3,
               infra_retries: int = 5) -> RunOutcome:
-    from services.aggregator import aggregate_sweep
-    from services.scheduler.cluster import connect, disconnect
-    from services.scheduler.loop import JobEvent, Scheduler, SchedulerOptions
-    from services.sweeps import views
-    from services.sweeps.submit import plan_sweep, submit_plan
-
     with console.status("discovering checkpoints"):
         plan = plan_sweep(cfg)
     outcome = submit_plan(plan, name=cfg.sweep.name, submitted_by=None, database_url=plan.endpoints.database_url)

@@ -8,13 +8,11 @@ reuses or replaces runs instead of piling up duplicates.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -311,13 +309,6 @@ class Tracker:
                     for a, b in zip(logged, pts, strict=True)):
                 return False
         return True
-
-    def log_json_artifact(self, *, run_id: str, payload: Any, name: str) -> None:
-        """A small JSON document as an artifact (via a temporary file, no global state)."""
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_text(json.dumps(payload, indent=2, default=str))
-            self._call(lambda: self.client.log_artifact(run_id, str(path)))
 
 
 def sweep_parent_run(tracker: Tracker, *, sweep_id: int, database_url: str) -> str:

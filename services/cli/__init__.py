@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "services.cli.aggregate",
     "services.cli.db",
     "services.cli.doctor",
+    "services.cli.export",
     "services.cli.nightly",
     "services.cli.sweeps",
     "services.cli.sync",

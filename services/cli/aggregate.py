@@ -34,16 +34,13 @@ def register(subparsers: Any) -> None:
 def resolve_sweep_id(sweep: str, database_url: str) -> int:
     """An id as given, or the newest sweep with that name."""
     from services.store.db import ensure_schema, session_scope
-    from services.store.sweeps import list_sweeps
+    from services.store.sweeps import find_sweep
 
     if sweep.isdigit():
         return int(sweep)
     ensure_schema(database_url)
     with session_scope(database_url) as session:
-        matches = list_sweeps(session, name=sweep)
-    if not matches:
-        raise UserError(f"there is no sweep named {sweep!r}; run `llc status` to list the sweeps, or give its id.")
-    return max(matches, key=lambda s: (s.created_at, s.id)).id
+        return find_sweep(session, sweep).id
 
 
 def print_report(report: Any) -> None:

@@ -80,7 +80,8 @@ def _config(overrides: list[str]) -> Any:
 
 
 def _endpoints(overrides: list[str]) -> Endpoints:
-    return resolve_endpoints(_config(overrides))
+    """Without overrides the composed config adds nothing to the variables: skip composing it."""
+    return resolve_endpoints(_config(overrides) if overrides else None)
 
 
 def _logging(verbose: bool) -> None:

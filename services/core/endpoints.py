@@ -61,19 +61,19 @@ class EndpointConfig(Protocol):
 def resolve_endpoints(cfg: EndpointConfig | None = None) -> Endpoints:
     """The endpoints for `cfg` (None: the tools' variables, else the embedded default)."""
     home = llc_home()
-    env = os.environ.get
     store_url = cfg.store.url if cfg else None
     storage_uri = cfg.storage.uri if cfg else None
     tracking_uri = cfg.tracking.uri if cfg else None
     address = cfg.cluster.address if cfg else None
-    database = store_url or env("LLC_DATABASE_URL") or (
+    database = store_url or os.environ.get("LLC_DATABASE_URL") or (
         POSTGRES_DEFAULT if cfg and cfg.store.kind == "postgres" else f"sqlite:///{home / 'llc.db'}")
-    storage = storage_uri or env("LLC_STORAGE_URI") or (
+    storage = storage_uri or os.environ.get("LLC_STORAGE_URI") or (
         S3_DEFAULT if cfg and cfg.storage.kind == "s3" else (home / "objects").as_uri())
-    tracking = tracking_uri or env("MLFLOW_TRACKING_URI") or (
+    tracking = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or (
         MLFLOW_SERVER_DEFAULT if cfg and cfg.tracking.kind == "server" else f"sqlite:///{home / 'mlflow.db'}")
-    ray_address = address or env("RAY_ADDRESS") or ("auto" if cfg and cfg.cluster.kind == "remote" else None)
-    cache = Path(env("LLC_CACHE_DIR")).expanduser() if env("LLC_CACHE_DIR") else home / "cache"
+    ray_address = address or os.environ.get("RAY_ADDRESS") or ("auto" if cfg and cfg.cluster.kind == "remote" else None)
+    cache_dir = os.environ.get("LLC_CACHE_DIR")
+    cache = Path(cache_dir).expanduser() if cache_dir else home / "cache"
     return Endpoints(database_url=database, storage_uri=storage.rstrip("/"), tracking_uri=tracking,
                      ray_address=ray_address, cache_dir=cache)
 

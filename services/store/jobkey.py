@@ -59,6 +59,42 @@ def job_key(*, checkpoint_uri: str, fingerprint: str, dataset: dict, sampler: di
     return hashlib.sha256(canonical_json(doc).encode("utf-8")).hexdigest()
 
 
+class JobKeys:
+    """Job keys for many jobs that share a dataset and estimator: the canonical JSON is assembled
+    from fragments serialized once (per checkpoint, per sampler point), so a 100,000-job sweep
+    costs one sha256 per job. `key(...)` equals `job_key(...)` for the same inputs."""
+
+    def __init__(self, *, dataset: dict, estimator_version: str) -> None:
+        self._dataset = canonical_json(dataset)
+        self._version = canonical_json(str(estimator_version))
+        self._checkpoints: dict[tuple[str, str], str] = {}
+        self._samplers: dict[int, tuple[dict, str]] = {}
+
+    def checkpoint(self, checkpoint_uri: str, fingerprint: str) -> str:
+        """The fragment of everything up to the sampler, for one checkpoint."""
+        if not checkpoint_uri or not fingerprint:
+            raise ValueError("job key needs a checkpoint uri and a non-empty fingerprint; discover checkpoints first so their content hash is known.")
+        found = self._checkpoints.get((checkpoint_uri, fingerprint))
+        if found is None:
+            ckpt = canonical_json({"uri": checkpoint_uri, "fingerprint": fingerprint})
+            found = (f'{{"checkpoint":{ckpt},"dataset":{self._dataset},"estimator_version":{self._version},'
+                     f'"key_version":{KEY_SCHEMA_VERSION},"sampler":')
+            self._checkpoints[(checkpoint_uri, fingerprint)] = found
+        return found
+
+    def sampler(self, sampler: dict) -> str:
+        """The sampler's canonical JSON (cached per dict object: pass the same dict for the same point)."""
+        cached = self._samplers.get(id(sampler))
+        if cached is None or cached[0] is not sampler:
+            cached = (sampler, canonical_json(sampler))
+            self._samplers[id(sampler)] = cached
+        return cached[1]
+
+    def key(self, *, checkpoint_uri: str, fingerprint: str, sampler: dict, seed: int) -> str:
+        text = f'{self.checkpoint(checkpoint_uri, fingerprint)}{self.sampler(sampler)},"seed":{int(seed)}}}'
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 def setting_key(hyperparameters: Mapping[str, Any]) -> str:
     """Hex sha256 of one hyperparameter setting (groups stages and curves per setting)."""
     return hashlib.sha256(canonical_json(dict(hyperparameters)).encode("utf-8")).hexdigest()

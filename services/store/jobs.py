@@ -6,8 +6,10 @@ Postgres and the BEGIN IMMEDIATE transaction services.store.db opens on SQLite.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
@@ -16,7 +18,7 @@ from services.core.status import ACTIVE_STATUSES, DONE_STATUSES, TERMINAL_STATUS
 from services.store.entities import AddJobsOutcome, JobInfo, PlannedJob, RecordedFailure
 from services.store.errors import JobStateError, NotFound
 from services.store.models import Checkpoint, Job, Sweep, SweepJob, utcnow
-from services.store.sql import INSERT_CHUNK, in_chunks, insert, lease_until, serialize_membership
+from services.store.sql import in_chunks, insert, lease_until, serialize_membership
 from services.store.sweeps import checkpoint_ids, derive_status, derive_status_of_jobs, finish_done, mark_running
 
 _JOB_COLUMNS = (Job.id, Job.key, Checkpoint.uri, Checkpoint.step, Job.hyperparameters, Job.seed, Job.spec, Job.status,
@@ -88,12 +90,99 @@ def _existing(session: Session, keys: Sequence[str]) -> dict[str, tuple[int, str
     return found
 
 
+def _new_rows(session: Session, by_key: dict[str, PlannedJob], missing: Sequence[str]) -> list[tuple[Any, ...]]:
+    """(key, checkpoint_id, hyperparameters, seed, spec) of the jobs to create; their checkpoints must be stored."""
+    stored = checkpoint_ids(session, [by_key[k].checkpoint for k in missing])
+    rows = []
+    for k in missing:
+        job = by_key[k]
+        ckpt = stored.get((job.checkpoint.uri, job.checkpoint.fingerprint))
+        if ckpt is None:
+            raise ValueError(f"checkpoint {job.checkpoint.uri} is not stored; call upsert_checkpoints before add_jobs.")
+        rows.append((k, ckpt.id, job.hyperparameters, int(job.seed), job.spec))
+    return rows
+
+
+class _Added(NamedTuple):
+    existing: dict[str, tuple[int, str]]   # every key → (job id, status before this call)
+    created: set[str]
+    requeued: set[int]
+
+
+def _add_postgres(session: Session, *, sweep_id: int, by_key: dict[str, PlannedJob], now: datetime) -> _Added:
+    """Set-based in SQL: the keys COPYed into a temporary table, joined with jobs for the dedupe,
+    the new jobs COPYed and inserted with ON CONFLICT DO NOTHING, requeue and links as one statement each."""
+    conn = session.connection().connection.driver_connection
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS llc_submit_keys; "
+                    "CREATE TEMP TABLE llc_submit_keys (key varchar(64) PRIMARY KEY) ON COMMIT DROP")
+        with cur.copy("COPY llc_submit_keys (key) FROM STDIN") as copy:
+            for key in by_key:
+                copy.write_row((key,))
+        cur.execute("ANALYZE llc_submit_keys")
+        cur.execute("SELECT j.key, j.id, j.status FROM llc_submit_keys k JOIN jobs j ON j.key = k.key")
+        existing = {key: (job_id, status) for key, job_id, status in cur.fetchall()}
+        missing = [k for k in by_key if k not in existing]
+        created: set[str] = set()
+        if missing:
+            cur.execute("DROP TABLE IF EXISTS llc_submit_new; CREATE TEMP TABLE llc_submit_new (key varchar(64), "
+                        "checkpoint_id integer, hyperparameters json, seed bigint, spec json) ON COMMIT DROP")
+            rows = _new_rows(session, by_key, missing)  # before COPY: the connection is busy until it ends
+            with cur.copy("COPY llc_submit_new (key, checkpoint_id, hyperparameters, seed, spec) FROM STDIN") as copy:
+                for key, ckpt_id, hyper, seed, spec in rows:
+                    copy.write_row((key, ckpt_id, json.dumps(hyper), seed, json.dumps(spec)))
+            cur.execute("INSERT INTO jobs (key, checkpoint_id, hyperparameters, seed, spec, status, attempts, created_at, "
+                        "updated_at) SELECT key, checkpoint_id, hyperparameters, seed, spec, %s, 0, %s, %s "
+                        "FROM llc_submit_new ON CONFLICT (key) DO NOTHING RETURNING key, id",
+                        (str(JobStatus.PENDING), now, now))
+            for key, job_id in cur.fetchall():
+                created.add(key)
+                existing[key] = (job_id, JobStatus.PENDING)
+            lost_race = [k for k in missing if k not in created]  # inserted by a concurrent submission meanwhile
+            existing.update(_existing(session, lost_race))
+        cur.execute("UPDATE jobs SET status = %s, attempts = 0, error = NULL, lease_owner = NULL, "
+                    "lease_expires_at = NULL, finished_at = NULL, updated_at = %s FROM llc_submit_keys k "
+                    "WHERE jobs.key = k.key AND jobs.status IN (%s, %s) RETURNING jobs.id",
+                    (str(JobStatus.PENDING), now, str(JobStatus.FAILED), str(JobStatus.CANCELLED)))
+        requeued = {row[0] for row in cur.fetchall()}
+        cur.execute("INSERT INTO sweep_jobs (sweep_id, job_id, created_at) SELECT %s, j.id, %s "
+                    "FROM llc_submit_keys k JOIN jobs j ON j.key = k.key ON CONFLICT DO NOTHING", (sweep_id, now))
+    return _Added(existing, created, requeued)
+
+
+def _add_portable(session: Session, *, sweep_id: int, by_key: dict[str, PlannedJob], now: datetime) -> _Added:
+    """The same on SQLite, whose BEGIN IMMEDIATE transaction no other writer interleaves with:
+    chunked lookups, executemany inserts (no multi-row VALUES to compile)."""
+    keys = list(by_key)
+    existing = _existing(session, keys)
+    missing = [k for k in keys if k not in existing]
+    if missing:
+        rows = [dict(key=k, checkpoint_id=c, hyperparameters=h, seed=seed, spec=spec, status=JobStatus.PENDING,
+                     attempts=0, created_at=now, updated_at=now)
+                for k, c, h, seed, spec in _new_rows(session, by_key, missing)]
+        session.execute(insert(session, Job).on_conflict_do_nothing(index_elements=["key"]), rows)
+    new = _existing(session, missing)
+    created = set(new)
+    existing.update({k: (job_id, JobStatus.PENDING) for k, (job_id, _) in new.items()})
+    retry = [existing[k][0] for k in keys if existing[k][1] in (JobStatus.FAILED, JobStatus.CANCELLED)]
+    requeued: set[int] = set()
+    for chunk in in_chunks(retry):
+        requeued.update(session.scalars(
+            update(Job).where(Job.id.in_(chunk), Job.status.in_([JobStatus.FAILED, JobStatus.CANCELLED]))
+            .values(status=JobStatus.PENDING, attempts=0, error=None, lease_owner=None, lease_expires_at=None,
+                    finished_at=None, updated_at=now).returning(Job.id)).all())
+    links = [dict(sweep_id=sweep_id, job_id=existing[k][0], created_at=now) for k in keys]
+    if links:
+        session.execute(insert(session, SweepJob).on_conflict_do_nothing(), links)
+    return _Added(existing, created, requeued)
+
+
 def add_jobs(session: Session, *, sweep_id: int, jobs: Sequence[PlannedJob]) -> AddJobsOutcome:
     """Link `jobs` to the sweep, creating the keys not stored yet; a finished key is never re-run.
 
     Their checkpoints must be stored (upsert_checkpoints). Failed or cancelled keys are put back
     to pending (attempts reset), since the new sweep asks for them again. Set-based: one lookup
-    of the keys, bulk inserts of the new jobs and of the links, one UPDATE for the requeued.
+    of the keys, a bulk insert of the new jobs and of the links, one UPDATE for the requeued.
     Safe against a concurrent submission of the same keys.
     """
     serialize_membership(session)
@@ -105,49 +194,16 @@ def add_jobs(session: Session, *, sweep_id: int, jobs: Sequence[PlannedJob]) -> 
     by_key: dict[str, PlannedJob] = {}
     for job in jobs:
         by_key.setdefault(job.key, job)
-    duplicates = len(jobs) - len(by_key)
+    add = _add_postgres if session.get_bind().dialect.name == "postgresql" else _add_portable
+    added = add(session, sweep_id=sweep_id, by_key=by_key, now=utcnow())
     keys = list(by_key)
-    existing = _existing(session, keys)
-    now = utcnow()
-
-    missing = [k for k in keys if k not in existing]
-    created: set[str] = set()
-    if missing:
-        stored = checkpoint_ids(session, [by_key[k].checkpoint for k in missing])
-        rows = []
-        for k in missing:
-            job = by_key[k]
-            ckpt = stored.get((job.checkpoint.uri, job.checkpoint.fingerprint))
-            if ckpt is None:
-                raise ValueError(f"checkpoint {job.checkpoint.uri} is not stored; call upsert_checkpoints before add_jobs.")
-            rows.append(dict(key=k, checkpoint_id=ckpt.id, hyperparameters=job.hyperparameters, seed=int(job.seed),
-                             spec=job.spec, status=JobStatus.PENDING, attempts=0, created_at=now, updated_at=now))
-        for i in range(0, len(rows), INSERT_CHUNK):
-            stmt = (insert(session, Job).values(rows[i:i + INSERT_CHUNK]).on_conflict_do_nothing(index_elements=["key"])
-                    .returning(Job.key, Job.id))
-            for key, job_id in session.execute(stmt):
-                created.add(key)
-                existing[key] = (job_id, JobStatus.PENDING)
-        lost_race = [k for k in missing if k not in created]  # inserted by a concurrent submission meanwhile
-        existing.update(_existing(session, lost_race))
-
-    retry = [existing[k][0] for k in keys if k not in created and existing[k][1] not in ACTIVE_STATUSES | DONE_STATUSES]
-    requeued: set[int] = set()
-    for chunk in in_chunks(retry):
-        requeued.update(session.scalars(
-            update(Job).where(Job.id.in_(chunk), Job.status.in_([JobStatus.FAILED, JobStatus.CANCELLED]))
-            .values(status=JobStatus.PENDING, attempts=0, error=None, lease_owner=None, lease_expires_at=None,
-                    finished_at=None, updated_at=now).returning(Job.id)).all())
-    already_done = sum(1 for k in keys if k not in created and existing[k][1] in DONE_STATUSES)
-    already_queued = len(keys) - len(created) - len(requeued) - already_done
-
-    job_ids = [existing[k][0] for k in keys]
-    links = [dict(sweep_id=sweep_id, job_id=j, created_at=now) for j in job_ids]
-    for i in range(0, len(links), INSERT_CHUNK * 3):
-        session.execute(insert(session, SweepJob).values(links[i:i + INSERT_CHUNK * 3]).on_conflict_do_nothing())
+    reused = [added.existing[k][1] for k in keys if k not in added.created]
+    already_done = sum(1 for st in reused if st in DONE_STATUSES)
+    already_queued = len(reused) - already_done - len(added.requeued)
     derive_status(session, [sweep_id])
-    return AddJobsOutcome(new=len(created) + len(requeued), already_done=already_done,
-                          already_queued=already_queued + duplicates, requeued=len(requeued), job_ids=tuple(job_ids))
+    return AddJobsOutcome(new=len(added.created) + len(added.requeued), already_done=already_done,
+                          already_queued=already_queued + len(jobs) - len(by_key), requeued=len(added.requeued),
+                          job_ids=tuple(added.existing[k][0] for k in keys))
 
 
 # --- claiming and leases -----------------------------------------------------------------

@@ -54,15 +54,20 @@ def result_columns(result: Mapping[str, Any], *, diverged: bool) -> dict[str, An
     return values
 
 
-def _row(job: Job, ckpt: Checkpoint, res: Result | None) -> ResultRow:
-    """A sweep's job with its result (result fields None until it has one)."""
-    base = dict(job_id=job.id, key=job.key, step=int(ckpt.step), checkpoint_uri=ckpt.uri,
-                hyperparameters=dict(job.hyperparameters), seed=int(job.seed), status=str(job.status), error=job.error,
-                mlflow_run_id=job.mlflow_run_id, worker_host=job.worker_host)
-    if res is None:
+_JOB_FIELDS = (Job.id, Job.key, Checkpoint.step, Checkpoint.uri, Job.hyperparameters, Job.seed, Job.status, Job.error,
+               Job.mlflow_run_id, Job.worker_host)
+_RESULT_FIELDS = tuple(getattr(Result, k) for k in (*_FLOATS, *_INTS, "llc_per_chain", "diverged", "diagnostics", "device"))
+
+
+def _row(values: Sequence[Any]) -> ResultRow:
+    """A sweep's job with its result (result fields None until it has one), from one row of columns."""
+    (job_id, key, step, uri, hyper, seed, status, error, run_id, host), res = values[:10], values[10:]
+    base = dict(job_id=job_id, key=key, step=int(step), checkpoint_uri=uri, hyperparameters=dict(hyper), seed=int(seed),
+                status=str(status), error=error, mlflow_run_id=run_id, worker_host=host)
+    if res[-3] is None:  # no result row (diverged is NOT NULL on stored results)
         return ResultRow(**base)
-    return ResultRow(**base, **{k: getattr(res, k) for k in (*_FLOATS, *_INTS)}, llc_per_chain=res.llc_per_chain,
-                     diverged=bool(res.diverged), diagnostics=res.diagnostics, device=res.device)
+    names = (*_FLOATS, *_INTS, "llc_per_chain", "diverged", "diagnostics", "device")
+    return ResultRow(**base, **dict(zip(names, res, strict=True)))
 
 
 def record_results(session: Session, *, owner: str | None, results: Sequence[NewResult]) -> RecordedResults:
@@ -112,12 +117,10 @@ def sweep_results(session: Session, *, sweep_id: int) -> list[ResultRow]:
     """Every job of the sweep (any status) with its result, ordered by step, then job id."""
     get_sweep(session, sweep_id=sweep_id)
     rows = session.execute(
-        select(Job, Checkpoint, Result)
+        select(*_JOB_FIELDS, *_RESULT_FIELDS)
         .join(SweepJob, SweepJob.job_id == Job.id)
         .join(Checkpoint, Checkpoint.id == Job.checkpoint_id)
         .outerjoin(Result, Result.job_id == Job.id)
         .where(SweepJob.sweep_id == sweep_id)
-        .order_by(Checkpoint.step, Job.id)
-        .execution_options(populate_existing=True)
-    ).all()
-    return [_row(job, ckpt, res) for job, ckpt, res in rows]
+        .order_by(Checkpoint.step, Job.id))
+    return [_row(r) for r in rows]

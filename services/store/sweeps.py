@@ -115,6 +115,16 @@ def list_sweeps(session: Session, *, name: str | None = None) -> list[SweepInfo]
     return [_sweep_info(*row) for row in session.execute(query)]
 
 
+def find_sweep(session: Session, ref: int | str) -> SweepInfo:
+    """A sweep by id (an int or a string of digits) or by name (the newest sweep of that name)."""
+    if isinstance(ref, int) or str(ref).isdigit():
+        return get_sweep(session, sweep_id=int(ref))
+    matches = list_sweeps(session, name=str(ref))
+    if not matches:
+        raise NotFound(f"there is no sweep named {ref!r}; run `llc status` to list the sweeps, or give its id.")
+    return max(matches, key=lambda sw: (sw.created_at, sw.id))
+
+
 def set_sweep_mlflow_run(session: Session, *, sweep_id: int, run_id: str) -> None:
     if session.execute(update(Sweep).where(Sweep.id == sweep_id).values(mlflow_run_id=run_id, updated_at=utcnow())).rowcount != 1:
         raise NotFound(NO_SWEEP.format(sweep_id))
@@ -176,23 +186,26 @@ def _distinct_sweeps(session: Session, job_ids: Sequence[int]) -> list[int]:
     return sorted({s for ids in sweeps_of_jobs(session, job_ids).values() for s in ids})
 
 
+def _sweeps_of(job_ids: Sequence[int]) -> Any:
+    """SELECT the ids of the sweeps that asked for these jobs (a subquery: no round trip of its own)."""
+    return select(SweepJob.sweep_id).where(SweepJob.job_id.in_(list(job_ids)))
+
+
 def mark_running(session: Session, *, job_ids: Sequence[int]) -> None:
-    """Jobs of these ids started: their submitted sweeps are running now (no counting needed)."""
-    sweep_ids = _distinct_sweeps(session, job_ids)
-    if sweep_ids:
-        session.execute(update(Sweep).where(Sweep.id.in_(sweep_ids), Sweep.status == SweepStatus.SUBMITTED)
+    """Jobs of these ids started: their submitted sweeps are running now (one UPDATE, no counting)."""
+    if job_ids:
+        session.execute(update(Sweep).where(Sweep.id.in_(_sweeps_of(job_ids)), Sweep.status == SweepStatus.SUBMITTED)
                         .values(status=SweepStatus.RUNNING, updated_at=utcnow()))
 
 
 def finish_done(session: Session, *, job_ids: Sequence[int]) -> list[int]:
     """Jobs of these ids reached a final state: finish each of their sweeps that has no active job
     left, and return those sweeps' ids. One UPDATE; the EXISTS stops at the first active job."""
-    sweep_ids = _distinct_sweeps(session, job_ids)
-    if not sweep_ids:
+    if not job_ids:
         return []
     now = utcnow()
     stmt = (update(Sweep)
-            .where(Sweep.id.in_(sweep_ids), Sweep.status.in_(list(ACTIVE_SWEEP_STATUSES)),
+            .where(Sweep.id.in_(_sweeps_of(job_ids)), Sweep.status.in_(list(ACTIVE_SWEEP_STATUSES)),
                    ~_active_job_of(Sweep.id))
             .values(status=SweepStatus.FINISHED, finished_at=now, updated_at=now)
             .returning(Sweep.id))

@@ -65,3 +65,15 @@ def test_canonical_json_and_setting_key() -> None:
     assert canonical_json({"b": [1.0, (2, 3.5)], "a": True}) == '{"a":true,"b":[1,[2,3.5]]}'
     assert setting_key({"lr": 1e-4, "gamma": 100}) == setting_key({"gamma": 100.0, "lr": 0.0001})
     assert setting_key({"lr": 1e-4}) != setting_key({"lr": 1e-3})
+
+
+def test_job_keys_from_fragments_equal_job_key() -> None:
+    from services.store.jobkey import JobKeys
+
+    dataset = {"uri": "s3://b/run/dataset", "max_sequences": 64}
+    keys = JobKeys(dataset=dataset, estimator_version="1.1.0")
+    for sampler in ({"epsilon": 1e-4, "gamma": 100.0, "nbeta": None, "sample_params": ["h.*"]}, {"epsilon": 3.0}):
+        for seed in (0, 7):
+            assert keys.key(checkpoint_uri="s3://b/run/step-10", fingerprint="fp", sampler=sampler, seed=seed) == job_key(
+                checkpoint_uri="s3://b/run/step-10", fingerprint="fp", dataset=dataset, sampler=sampler, seed=seed,
+                estimator_version="1.1.0")

@@ -242,7 +242,11 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()
 
+    import logging
+
     from workers.demo_training import DemoSettings, train_demo
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)      # moto's per-request lines
 
     work = Path(tempfile.mkdtemp(prefix="llc-chaos-", dir="/tmp"))
     os.environ["LLC_HOME"] = str(work / "home")

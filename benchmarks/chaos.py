@@ -204,7 +204,10 @@ def _run(rig: Rig, *, database: str, name: str, jobs: int, faults: list[tuple[in
     rc = rig.proc.returncode if rig.proc else None
     with session_scope(rig.direct(database)) as s:
         missing_at_exit = outbox.owed_count(s, sweep_ids=[sweep_id])
-    sync_mlflow(database_url=rig.direct(database), tracker=Tracker(rig.mlflow.uri), owner="chaos", sweep_id=sweep_id)
+    deadline = time.monotonic() + 120      # a killed scheduler's sync lease (30 s) may still hold the sweep
+    while sync_mlflow(database_url=rig.direct(database), tracker=Tracker(rig.mlflow.uri), owner="chaos",
+                      sweep_id=sweep_id).busy and time.monotonic() < deadline:
+        time.sleep(2)
     return dict(sweep_id=sweep_id, makespan=makespan, rc=rc, injected=injected, missing_at_exit=missing_at_exit,
                 **_outcome(rig, database, sweep_id, name))
 
@@ -242,7 +245,11 @@ def main() -> None:
     ap.add_argument("--cpus", type=int, default=2)
     args = ap.parse_args()
 
+    import logging
+
     from workers.demo_training import DemoSettings, train_demo
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)      # moto's per-request lines
 
     work = Path(tempfile.mkdtemp(prefix="llc-chaos-", dir="/tmp"))
     os.environ["LLC_HOME"] = str(work / "home")

@@ -22,8 +22,10 @@ from services.tracking import Tracker, sweep_parent_run
 
 log = logging.getLogger(__name__)
 
-#: how long one syncer holds a sweep; renewed per batch of child runs
-SYNC_LEASE_S = 300.0
+#: how long one syncer holds a sweep (renewed every RENEW_EVERY runs): short, so a syncer killed
+#: mid-sweep (kill -9 of its scheduler) blocks the others for at most this long
+SYNC_LEASE_S = 30.0
+RENEW_EVERY = 10
 BATCH = 50
 
 
@@ -80,7 +82,10 @@ def _sync_sweep(sweep_id: int, *, database_url: str, tracker: Tracker, owner: st
             break
         logged: dict[int, str] = {}
         try:
-            for run in owed:
+            for i, run in enumerate(owed):
+                if i and i % RENEW_EVERY == 0:
+                    with session_scope(database_url) as s:
+                        outbox.take_sync_lease(s, sweep_id=sweep_id, owner=owner, seconds=SYNC_LEASE_S)
                 result = fresh.get(run.job_id, run.result)
                 logged[run.job_id] = _log_child(tracker, parent=parent, run=run, result=result, sweep_id=sweep_id)
         finally:

@@ -18,7 +18,7 @@ from services.core.status import ACTIVE_STATUSES, DONE_STATUSES, TERMINAL_STATUS
 from services.store.entities import AddJobsOutcome, JobInfo, PlannedJob, RecordedFailure
 from services.store.errors import JobStateError, NotFound
 from services.store.models import Checkpoint, Job, Sweep, SweepJob, utcnow
-from services.store.sql import INSERT_CHUNK, in_chunks, insert, lease_until, serialize_membership
+from services.store.sql import in_chunks, insert, lease_until, serialize_membership
 from services.store.sweeps import checkpoint_ids, derive_status, derive_status_of_jobs, finish_done, mark_running
 
 _JOB_COLUMNS = (Job.id, Job.key, Checkpoint.uri, Checkpoint.step, Job.hyperparameters, Job.seed, Job.spec, Job.status,

@@ -88,3 +88,13 @@ def test_the_scheduler_exits_1_when_work_failed(s3_endpoint: str, db: str, ray_c
     with session_scope(db) as s:
         job = s.scalars(select(Job)).one()
         assert (job.status, job.attempts) == ("failed", 1)     # an input fault: failed at once, not retried
+
+
+def test_nightly_exits_1_when_a_watched_sweep_cannot_be_submitted(s3_bucket: str, db: str,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # The watched run has no checkpoints yet: a cron monitor must not read success.
+    rc = llc_main(["nightly", "--once", "storage=s3", f"storage.uri=s3://{s3_bucket}", "schedule.sweeps=[small]"])
+    captured = capsys.readouterr()
+    assert rc == 1
+    assert "skipped sweep config small" in captured.out
+    assert "not clean: 1 sweep config(s) not submitted (small)" in captured.err

@@ -103,3 +103,18 @@ def test_corrupt_checkpoint_is_a_job_input_error(spec: JobSpec) -> None:
     (ref,) = discover_checkpoints(spec.checkpoint_uri.rsplit("/", 1)[0])
     with pytest.raises(JobInputError, match=rf"checkpoint {spec.checkpoint_uri} is not a valid safetensors file"):
         run_job(replace(spec, fingerprint=ref.fingerprint))
+
+
+def test_an_epsilon_auto_job_carries_its_calibration_and_loss_wstar(spec: JobSpec) -> None:
+    from dataclasses import replace
+
+    auto = replace(spec, sampler=replace(SAMPLER, epsilon="auto", num_draws=40))
+    res = run_job(auto)
+    cal = res.extra["calibration"]
+    assert cal["carried"] is False and cal["points"] and cal["epsilon"] == res.diagnostics["epsilon"]
+    assert res.loss_wstar is not None and math.isfinite(res.loss_wstar)
+    back = JobResult.from_dict(json.loads(json.dumps(res.to_dict(), allow_nan=False)))
+    assert back.extra["calibration"]["epsilon"] == cal["epsilon"] and back.loss_wstar == res.loss_wstar
+    hinted = run_job(replace(auto, epsilon_hint=cal["epsilon"]))            # the sweep's carried pick
+    assert hinted.extra["calibration"]["carried"] in (True, False)          # kept, or recalibrated when its traces fail
+    assert hinted.diagnostics["epsilon_carried"] == hinted.extra["calibration"]["carried"]

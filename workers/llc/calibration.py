@@ -82,9 +82,15 @@ class Calibration:
     num_burnin: int = 0       # the burn-in the run at the pick gets (burnin_for)
 
     def to_dict(self) -> dict[str, Any]:
+        """Strict JSON (non-finite numbers become None), as result stores and MLflow require."""
         return {"epsilon": self.epsilon, "reason": self.reason, "scale": self.scale, "carried": self.carried,
                 "pilot_chain_steps": self.pilot_chain_steps, "num_burnin": self.num_burnin,
-                "points": [{"step": p.step, "usable": p.usable, "why": p.why, **asdict(p.stats)} for p in self.points]}
+                "points": [{"step": p.step, "usable": p.usable, "why": p.why,
+                            **{k: _finite_or_none(v) for k, v in asdict(p.stats).items()}} for p in self.points]}
+
+
+def _finite_or_none(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def check(stats: PilotStats) -> str:

@@ -215,7 +215,8 @@ class Tracker:
         """One job's child run (per sweep when `sweep_id` is given: a job shared by several sweeps
         gets a child under each, tagged with that sweep's id). Found by tag before one is created,
         so a retry never duplicates: a finished run is kept untouched (same key = same result);
-        a half-logged run is marked failed and logged afresh. An epsilon=auto calibration is
+        a half-logged run (an earlier try cut off by an outage or a kill) is deleted and logged
+        afresh, so each job key has exactly one live child run. An epsilon=auto calibration is
         logged as calibration/* metrics (one step per pilot), the pick as a param and the whole
         record as calibration.json; `artifacts` (e.g. its plot) are attached as files."""
         from mlflow.entities import Metric, Param, RunTag
@@ -223,6 +224,7 @@ class Tracker:
         existing = self._live_run(existing_run_id)
         parent = self._call(lambda: self.client.get_run(parent_run_id))
         exp_id = parent.info.experiment_id
+        matches: list[Run] = []
         if existing is None:
             where = f"tags.`{TAG_JOB_KEY}` = '{job_key}'"
             if sweep_id is not None:
@@ -230,10 +232,11 @@ class Tracker:
             matches = self._find_runs(exp_id, where)
             finished = [r for r in matches if r.info.status == "FINISHED"]
             existing = finished[0] if finished else (matches[0] if matches else None)
-        if existing is not None:
-            if existing.info.status == "FINISHED":
-                return existing.info.run_id
-            self._call(lambda: self.client.set_terminated(existing.info.run_id, status="FAILED"))
+        if existing is not None and existing.info.status == "FINISHED":
+            return existing.info.run_id
+        stale = {r.info.run_id for r in matches} | ({existing.info.run_id} if existing is not None else set())
+        for run_id in sorted(stale):
+            self._call(lambda run_id=run_id: self.client.delete_run(run_id))
 
         data = _as_mapping(result)
         run_tags = {TAG_PARENT: parent_run_id, TAG_JOB_KEY: job_key, TAG_KIND: "job"}

@@ -126,3 +126,20 @@ def test_embedded_store_puts_artifacts_under_llc_home(tmp_path: Path, monkeypatc
     assert exp.artifact_location.startswith((llc_home() / "mlartifacts").as_uri())
     assert (llc_home() / "mlartifacts" / "demo" / run_id / "artifacts" / "config.json").is_file()
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlartifacts").exists()
+
+
+def test_half_made_child_run_is_replaced_not_duplicated(tracker: Tracker, mlflow_server: str) -> None:
+    """A try cut off after create_run (outage, kill -9) leaves a RUNNING run with the job's tags:
+    the retry deletes it and logs one run, so the key has exactly one live child."""
+    _, parent = _sweep(tracker)
+    client = MlflowClient(mlflow_server)
+    exp_id = client.get_run(parent).info.experiment_id
+    key = uuid.uuid4().hex * 2
+    half = client.create_run(exp_id, tags={"mlflow.parentRunId": parent, "llc.job_key": key, "llc.kind": "job",
+                                           "llc.sweep_id": "7"})
+    run_id = tracker.log_job(parent_run_id=parent, job_key=key, step=5, params={"seed": 0}, result=_result(),
+                             sweep_id=7)
+    assert run_id != half.info.run_id
+    live = client.search_runs([exp_id], f"tags.`llc.job_key` = '{key}'")
+    assert [r.info.run_id for r in live] == [run_id] and live[0].info.status == "FINISHED"
+    assert client.get_run(half.info.run_id).info.lifecycle_stage == "deleted"

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.mlflow_proc import MlflowProcess
 
 _TMP = Path(tempfile.mkdtemp(prefix="llc-tests-"))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -115,37 +113,11 @@ def mlflow_server(s3_endpoint: str) -> Iterator[str]:
     backend = create_pg_database("llc_mlflow")
     bucket = f"mlflow-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    port = free_port()
-    env = dict(os.environ)
-    env.update(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", MLFLOW_DISABLE_TELEMETRY="true",
-               MLFLOW_S3_ENDPOINT_URL=s3_endpoint)
-    log = open(_TMP / f"mlflow-{port}.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", backend.replace("+psycopg", "+psycopg"),
-         "--artifacts-destination", f"s3://{bucket}/artifacts"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited early; see {log.name}")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError(f"mlflow server did not become healthy; see {log.name}")
-    yield uri
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    server = MlflowProcess(backend=backend, artifacts=f"s3://{bucket}/artifacts", port=free_port(), log_dir=_TMP,
+                           s3_endpoint=s3_endpoint)
+    server.start(timeout=180)
+    yield server.uri
+    server.kill()
     drop_pg_database(backend)
 
 

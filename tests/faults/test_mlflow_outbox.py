@@ -20,7 +20,7 @@ from services.sweeps.config import load_config
 from services.sweeps.submit import submit_sweep
 from services.tracking import Tracker
 from tests.conftest import create_pg_database, drop_pg_database, free_port
-from tests.faults.mlflow_proc import MlflowProcess
+from tests.mlflow_proc import MlflowProcess
 from tests.services.sweeps.tiny_runs import tiny_overrides
 
 pytestmark = pytest.mark.slow

@@ -1,5 +1,5 @@
-"""A private `mlflow server` (Postgres backend, S3 artifacts) that a test may kill and restart
-on the same port and stores, unlike the session-wide one."""
+"""An `mlflow server` subprocess (Postgres backend, S3 artifacts): the session-wide one of
+conftest.py, and private ones a fault test may kill and restart on the same port and stores."""
 from __future__ import annotations
 
 import os

@@ -14,7 +14,7 @@ def test_demo_sweep_with_list_override() -> None:
     assert cfg.sweep.run == "demo-run"
     assert cfg.sweep.dataset.uri == "demo-run/dataset"
     assert cfg.sampler.epsilon == [1e-4, 3e-4]
-    assert cfg.sampler.num_draws == [60]          # the demo sweep picks the demo sampler preset
+    assert cfg.sampler.num_draws == [100]          # the demo sweep picks the demo sampler preset
 
 
 def test_small_sweep_uses_tiny_sampler_and_every_other_checkpoint() -> None:
@@ -22,7 +22,7 @@ def test_small_sweep_uses_tiny_sampler_and_every_other_checkpoint() -> None:
     assert cfg.sweep.checkpoints.every == 2
     assert cfg.sampler.num_draws == [8]
     # a sampler group picked on the command line beats the sweep's preset
-    assert load_config(["sweep=small", "sampler=demo"]).sampler.num_draws == [60]
+    assert load_config(["sweep=small", "sampler=demo"]).sampler.num_draws == [100]
 
 
 def test_grid_is_the_cartesian_product() -> None:

@@ -180,7 +180,6 @@ def split_sweep_arg(args: argparse.Namespace) -> tuple[int | None, list[str]]:
 def _status(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from services.store import results as store_results
     from services.store import schedulers as store_schedulers
     from services.store import sweeps as store_sweeps
     from services.store.db import check_schema, session_scope
@@ -203,9 +202,7 @@ def _status(args: argparse.Namespace) -> int:
             console.print(views.sweeps_table(sweeps, counts))
             console.print(views.schedulers_table(store_schedulers.list_schedulers(s), utcnow()))
             return 0
-        sweep = store_sweeps.get_sweep(s, sweep_id=sweep_id)
-        console.print(views.sweep_detail(sweep, store_sweeps.sweep_counts(s, sweep_id=sweep_id),
-                                         store_results.sweep_results(s, sweep_id=sweep_id)))
+        console.print(views.sweep_detail(views.read_detail(s, sweep_id=sweep_id)))
     return 0
 
 

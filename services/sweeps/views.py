@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -9,9 +10,12 @@ from rich.console import Group
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy.orm import Session
 
 from services.core.labels import setting_label, varying_keys
 from services.core.status import ACTIVE_STATUSES, DONE_STATUSES, JOB_STATES, JobStatus
+from services.store import results as store_results
+from services.store import sweeps as store_sweeps
 
 STATES: tuple[str, ...] = tuple(str(s) for s in JOB_STATES)
 
@@ -45,42 +49,79 @@ def schedulers_table(schedulers: list[Any], now: datetime) -> Table | Text:
     return table
 
 
-def sweep_detail(sweep: Any, counts: dict[str, int], rows: list[Any], *, max_settings: int = 6) -> Group:
+@dataclass(frozen=True)
+class SweepDetail:
+    """What `llc status SWEEP` shows, read in bounded queries: the latest steps' results only, the
+    first failures and the distinct waiting notes, so a 100k-job sweep reads as fast as a small one."""
+
+    sweep: Any
+    counts: dict[str, int]
+    done: list[Any]                    # results at the latest `shown_steps` steps that have any
+    steps_with_results: int
+    failures: list[Any]                # the first failed jobs (their count is in `counts`)
+    waiting: list[str] = field(default_factory=list)
+
+
+#: `llc status SWEEP` shows λ̂ at this many of the latest steps with results, and this many failures
+STATUS_STEPS = 12
+STATUS_FAILURES = 20
+
+
+def read_detail(session: Session, *, sweep_id: int, steps: int = STATUS_STEPS,
+                failures: int = STATUS_FAILURES) -> SweepDetail:
+    """The sweep's detail in five bounded queries."""
+    latest = store_results.latest_result_steps(session, sweep_id=sweep_id, count=steps)
+    return SweepDetail(
+        sweep=store_sweeps.get_sweep(session, sweep_id=sweep_id),
+        counts=store_sweeps.sweep_counts(session, sweep_id=sweep_id),
+        done=store_results.sweep_results(session, sweep_id=sweep_id, steps=latest, statuses=DONE_STATUSES),
+        steps_with_results=store_results.result_step_count(session, sweep_id=sweep_id),
+        failures=store_results.sweep_results(session, sweep_id=sweep_id, statuses=[JobStatus.FAILED], limit=failures),
+        waiting=store_results.waiting_notes(session, sweep_id=sweep_id, statuses=ACTIVE_STATUSES))
+
+
+def sweep_detail(detail: SweepDetail, *, max_settings: int = 6) -> Group:
+    sweep, counts, done = detail.sweep, detail.counts, detail.done
     head = Table(title=f"sweep {sweep.id} · {sweep.name} · {sweep.status}")
     for s in STATES:
         head.add_column(s, justify="right")
     head.add_row(*[str(counts.get(s, 0)) for s in STATES])
     parts: list[Any] = [head]
 
-    shown = varying_keys([r.hyperparameters for r in rows])
-    done = [r for r in rows if r.status in DONE_STATUSES]
     if done:
+        shown = varying_keys([r.hyperparameters for r in done])
         by_setting: dict[str, dict[int, list[Any]]] = defaultdict(lambda: defaultdict(list))
         for r in done:
             by_setting[setting_label(r.hyperparameters, shown)][r.step].append(r)
         settings = sorted(by_setting)[:max_settings]
-        llc = Table(title="λ̂ so far", caption="mean ± std over chains; * diverged")
+        steps = sorted({r.step for r in done})
+        more = detail.steps_with_results - len(steps)
+        title = "λ̂ so far" + (f" (latest {len(steps)} of {detail.steps_with_results} steps)" if more > 0 else "")
+        more_settings = len(by_setting) - len(settings)
+        caption = "mean ± std over chains; * diverged" + (f"; {more_settings} more setting(s) not shown"
+                                                          if more_settings > 0 else "")
+        llc = Table(title=title, caption=caption)
         llc.add_column("step", justify="right")
         for name in settings:
             llc.add_column(name, justify="right")
-        for step in sorted({r.step for r in done}):
+        for step in steps:
             cells = []
             for name in settings:
                 found = by_setting[name].get(step, [])
                 cells.append(", ".join(_cell(r) for r in found) or "·")
             llc.add_row(str(step), *cells)
         parts.append(llc)
-    stuck = sorted({r.error for r in rows if r.status in ACTIVE_STATUSES and r.error})
-    if stuck:
+    if detail.waiting:
         # A scheduler's note on jobs no node can run (services/scheduler/feasibility.py), or a requeue reason.
-        parts.append(Group(*[Text(f"waiting: {note}", style="yellow") for note in stuck]))
-    failures = [r for r in rows if r.status == JobStatus.FAILED]
-    if failures:
-        fail = Table(title=f"failures ({len(failures)})")
+        parts.append(Group(*[Text(f"waiting: {note}", style="yellow") for note in detail.waiting]))
+    if detail.failures:
+        total = counts.get(str(JobStatus.FAILED), len(detail.failures))
+        fail = Table(title=f"failures ({total}" + (f", first {len(detail.failures)} shown)"
+                                                   if total > len(detail.failures) else ")"))
         fail.add_column("job", justify="right")
         fail.add_column("step", justify="right")
         fail.add_column("reason")
-        for r in failures[:20]:
+        for r in detail.failures:
             fail.add_row(str(r.job_id), str(r.step), r.error or "")
         parts.append(fail)
     return Group(*parts)

@@ -436,3 +436,58 @@ def test_record_results_stores_the_held_and_refuses_the_rest(store_url: str) -> 
         assert sj.get_job(s, job_id=cid).status == "running" and sj.get_job(s, job_id=aid).status == "succeeded"
     with session_scope(store_url) as s:
         assert sr.record_results(s, owner=None, results=[]).stored == ()
+
+
+def test_status_reads_are_bounded_to_the_latest_steps_first_failures_and_distinct_notes(store_url: str) -> None:
+    """`llc status SWEEP` reads only what it shows: the latest steps with results, the first
+    failures, each waiting note once (a 100k-job sweep must not load 100k rows)."""
+    from rich.console import Console
+
+    from services.sweeps import views
+
+    with session_scope(store_url) as s:
+        sweep, jobs, _ = _sweep(s, "bounded", n_steps=5)     # steps 0..400, seeds 0 and 1
+        claimed = sj.claim_jobs(s, owner="w", limit=10, lease_seconds=60)
+        by = {(c.step, c.seed): c.id for c in claimed}
+        for step in (0, 100, 300):
+            _record(s, by[(step, 0)], "w", RESULT, False)
+        sj.record_failure(s, job_id=by[(200, 0)], owner="w", error="checkpoint step-200 is corrupt", retry=False)
+        sj.record_failure(s, job_id=by[(200, 1)], owner="w", error="checkpoint step-200 is corrupt", retry=False)
+        sj.note_jobs(s, owner="w", notes={by[(400, 0)]: "no node has 99 GPUs", by[(400, 1)]: "no node has 99 GPUs",
+                                          by[(300, 1)]: "S3 unreachable; retrying"})
+
+        assert sr.latest_result_steps(s, sweep_id=sweep.id, count=2) == [100, 300]
+        assert sr.latest_result_steps(s, sweep_id=sweep.id, count=10) == [0, 100, 300]
+        assert sr.result_step_count(s, sweep_id=sweep.id) == 3
+        assert sr.waiting_notes(s, sweep_id=sweep.id, statuses=["pending", "running"]) == [
+            "S3 unreachable; retrying", "no node has 99 GPUs"]
+        first = sr.sweep_results(s, sweep_id=sweep.id, statuses=["failed"], limit=1)
+        assert [(r.step, r.status) for r in first] == [(200, "failed")]
+        done = sr.sweep_results(s, sweep_id=sweep.id, steps=[100, 300], statuses=["succeeded"])
+        assert [(r.step, r.seed, r.llc_mean) for r in done] == [(100, 0, 12.5), (300, 0, 12.5)]
+
+        detail = views.read_detail(s, sweep_id=sweep.id)
+        assert [r.step for r in detail.done] == [0, 100, 300] and detail.steps_with_results == 3
+        assert len(detail.failures) == 2 and detail.counts["failed"] == 2
+        console = Console(width=200, record=True)
+        console.print(views.sweep_detail(detail))
+        text = console.export_text()
+        assert "failures (2)" in text and "checkpoint step-200 is corrupt" in text
+        assert text.count("waiting: no node has 99 GPUs") == 1
+        assert "12.5±0.5" in text and "latest" not in text
+
+
+def test_status_detail_says_how_many_steps_it_left_out(store_url: str) -> None:
+    from rich.console import Console
+
+    from services.sweeps import views
+
+    with session_scope(store_url) as s:
+        sweep, _, _ = _sweep(s, "many", n_steps=15, seeds=(0,))
+        for job in sj.claim_jobs(s, owner="w", limit=15, lease_seconds=60):
+            _record(s, job.id, "w", RESULT, False)
+        detail = views.read_detail(s, sweep_id=sweep.id)
+        assert [r.step for r in detail.done] == [step * 100 for step in range(15 - views.STATUS_STEPS, 15)]
+        console = Console(width=200, record=True)
+        console.print(views.sweep_detail(detail))
+        assert f"latest {views.STATUS_STEPS} of 15 steps" in " ".join(console.export_text().split())  # the title wraps

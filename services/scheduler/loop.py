@@ -492,7 +492,7 @@ class Scheduler:
 
     def _task_failed(self, flight: _Flight, exc: BaseException) -> None:
         """One failed Ray task, by fault class (docs/faults.md)."""
-        node = placement.node_of(flight.attempt) if flight.attempt else None
+        node = placement.node_of(flight.attempt, exc)
         if isinstance(exc, rex.TaskCancelledError):
             # Our own cancels drop the flight first: this one was cancelled from outside
             # (dashboard, `ray` CLI). Hand the job back now rather than when its lease expires,

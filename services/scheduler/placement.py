@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -48,18 +49,32 @@ def forget(attempt: str) -> None:
         pass
 
 
-def node_of(attempt: str) -> str | None:
-    """In the driver, after an attempt failed: the node it ran on (None if it never started), note removed."""
-    try:
-        from ray.experimental import internal_kv
+#: how Ray names the node in the errors of a task killed for memory, or of a lost node
+_NODE_IN_ERROR = (re.compile(r"Memory on the node \(IP: [^,)]*, ID: ([0-9a-f]{56})\)"),
+                  re.compile(r"node with node id: ([0-9a-f]{56})"))
 
-        value = internal_kv._internal_kv_get(attempt, namespace=NAMESPACE)
-        if value is not None:
-            internal_kv._internal_kv_del(attempt, namespace=NAMESPACE)
-    except Exception as exc:
-        log.warning("could not read the node of attempt %s: %s", attempt, exc)
-        return None
-    return value.decode() if isinstance(value, bytes) else value
+
+def node_of(attempt: str | None, error: BaseException | None = None) -> str | None:
+    """In the driver, after an attempt failed: the node it ran on, from its note (removed) or,
+    when it was killed before it could leave one (Ray's memory monitor kills a worker as it
+    starts), from Ray's error; None when neither says."""
+    value: Any = None
+    if attempt:
+        try:
+            from ray.experimental import internal_kv
+
+            value = internal_kv._internal_kv_get(attempt, namespace=NAMESPACE)
+            if value is not None:
+                internal_kv._internal_kv_del(attempt, namespace=NAMESPACE)
+        except Exception as exc:
+            log.warning("could not read the node of attempt %s: %s", attempt, exc)
+    if value is not None:
+        return value.decode() if isinstance(value, bytes) else str(value)
+    text = str(error) if error is not None else ""
+    for pattern in _NODE_IN_ERROR:
+        if found := pattern.search(text):
+            return found.group(1)
+    return None
 
 
 def elsewhere(avoid: Iterable[str], demand: Mapping[str, float], nodes: Iterable[Mapping[str, Any]]) -> str | None:

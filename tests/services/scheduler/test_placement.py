@@ -31,3 +31,13 @@ def test_steer_prefers_the_node_softly_and_keeps_the_other_options() -> None:
     assert (strategy.node_id, strategy.soft) == (B, True)
     assert opts == {"num_cpus": 1.0, "max_retries": 0}
     assert steer({"num_cpus": 1.0, "scheduling_strategy": strategy}, None) == {"num_cpus": 1.0}
+
+
+def test_the_node_of_a_run_killed_before_it_left_a_note_is_read_from_ray_s_error() -> None:
+    from services.scheduler.placement import node_of
+
+    oom = (f"Task was killed due to the node running low on memory.\nMemory on the node (IP: 10.0.0.5, ID: {A}) was "
+           "1.2GB used / 1.3GB limit (0.95)")
+    assert node_of(None, RuntimeError(oom)) == A
+    assert node_of(None, RuntimeError(f"The node with node id: {B} and address: 10.0.0.6 has been marked dead")) == B
+    assert node_of(None, RuntimeError("The worker died unexpectedly while executing this task.")) is None

@@ -1,7 +1,7 @@
 """Chaos benchmark: a sweep run through injected faults of every kind, against the same sweep
 without faults. Not a test: run by hand, figures in benchmarks/README.md.
 
-    python benchmarks/chaos.py [--jobs 200] [--faults-per-kind 4] [--seed 0] [--cpus 2]
+    python benchmarks/chaos.py [--jobs 200] [--faults-per-kind 4] [--seed 0] [--cpus 2] [--keep]
 
 Real parts, each behind a TCP proxy that can cut it (tests/faults/proxy.py): a private Postgres
 (initdb + pg_ctl), a moto S3 server, an `mlflow server`; a local Ray cluster started here, and a
@@ -311,6 +311,7 @@ def main() -> None:
     ap.add_argument("--faults-per-kind", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--cpus", type=int, default=2)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (scheduler.log, Ray and MLflow logs)")
     args = ap.parse_args()
 
     import logging
@@ -347,7 +348,10 @@ def main() -> None:
           + f" (total {sum(injected.values())}; not fired: {sum(skipped.values())})")  # type: ignore[attr-defined]
     print(f"makespan ratio: {chaos['makespan'] / base['makespan']:.2f}× fault-free; until MLflow is complete too: "
           f"{chaos['complete'] / base['complete']:.2f}× (goal ≤ 1.5×)")  # type: ignore[operator]
-    shutil.rmtree(work, ignore_errors=True)
+    if args.keep:
+        print(f"logs kept in {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

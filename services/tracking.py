@@ -248,7 +248,8 @@ class Tracker:
 
         flat_params = {"checkpoint_step": step, **params}
         param_objs = [Param(metric_name(str(k)), str(v)[:6000]) for k, v in sorted(flat_params.items())]
-        tags = [RunTag(f"llc.{k}", str(data[k])) for k in ("device", "host", "estimator_version") if k in data]
+        tags = [RunTag(f"llc.{k}", str(data[k])) for k in ("device", "host", "ray_node_id", "estimator_version")
+                if data.get(k) is not None]
         # How the estimate ran, in words: the chain path, why not vectorized, baseline method, compile.
         extra = data.get("extra") or {}
         how = {"path": extra.get("path"), "fallback_reason": extra.get("fallback_reason"),

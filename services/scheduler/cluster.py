@@ -20,6 +20,10 @@ def connect(*, address: str | None, num_cpus: int | None = None, num_gpus: int |
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray retries a task its memory monitor killed on its own, forever by default, even past
+    # max_retries; the owner (this driver) decides, so this bounds it: an OOM kill comes back to
+    # the scheduler as OutOfMemoryError, an infrastructure fault within --infra-retries.
+    os.environ.setdefault("RAY_task_oom_retries", "0")
     try:
         if address:
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)

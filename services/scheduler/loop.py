@@ -22,7 +22,7 @@ from ray import exceptions as rex
 
 from services.core.errors import ConfigError
 from services.core.paths import llc_home
-from services.scheduler import feasibility
+from services.scheduler import feasibility, placement
 from services.scheduler.carry import EpsilonCarry
 from services.scheduler.faults import InfraRetries, is_infrastructure
 from services.scheduler.outage import DEFAULT_OUTAGE_BUDGET_S, STORE_ERRORS, OutageClock, Spool, replay_spools
@@ -151,6 +151,9 @@ class _Flight:
     demand: dict[str, float] = field(default_factory=dict)   # node resources its Ray task asks for
     spec: Any = None                                          # the JobSpec, kept to resubmit after an infra fault
     options: dict[str, Any] = field(default_factory=dict)     # its Ray task options
+    runs: int = 0                                             # Ray tasks started for this claim
+    attempt: str | None = None                                # the current run's key (placement.note_node)
+    failed_on: list[str | None] = field(default_factory=list)  # the node of each run lost to an infra fault
 
 
 def default_owner() -> str:
@@ -336,17 +339,25 @@ class Scheduler:
                 continue
             spec = self._carry.apply(spec, sweep_ids, job.hyperparameters)
             options = self._task_options(sweep_ids)
-            ref = self._task.options(**options).remote(spec)
-            self._inflight[ref] = _Flight(job_id=job.id, key=job.key, step=job.step, seed=job.seed,
-                                          hyperparameters=job.hyperparameters, sweep_ids=sweep_ids,
-                                          mlflow_run_id=job.mlflow_run_id, demand=feasibility.demand_of(options),
-                                          spec=spec, options=options)
+            self._start(_Flight(job_id=job.id, key=job.key, step=job.step, seed=job.seed,
+                                hyperparameters=job.hyperparameters, sweep_ids=sweep_ids,
+                                mlflow_run_id=job.mlflow_run_id, demand=feasibility.demand_of(options),
+                                spec=spec, options=options), options)
             self.report.submitted += 1
         return len(jobs)
 
+    def _start(self, flight: _Flight, options: dict[str, Any]) -> None:
+        """One Ray task for the flight; it notes its node under a fresh attempt key."""
+        flight.runs += 1
+        flight.attempt = f"{self.owner}/{flight.job_id}/{flight.runs}"
+        self._inflight[self._task.options(**options).remote(flight.spec, flight.attempt)] = flight
+
     def _resubmit(self, flight: _Flight) -> None:
-        """Run a job again after an infrastructure fault: same claim and lease, a fresh Ray task."""
-        self._inflight[self._task.options(**flight.options).remote(flight.spec)] = flight
+        """Run a job again after an infrastructure fault: same claim and lease, a fresh Ray task,
+        preferably on an alive node it has not failed on (docs/faults.md)."""
+        failed = [n for n in flight.failed_on if n]
+        target = placement.elsewhere(failed, flight.demand, ray.nodes()) if failed else None
+        self._start(flight, placement.steer(flight.options, target))
 
     def _release_expired(self) -> None:
         """Every live scheduler returns dead schedulers' jobs, so orphans come back within a lease."""
@@ -401,7 +412,10 @@ class Scheduler:
         failures: list[tuple[_Flight, BaseException]] = []
         for i, (ref, flight) in enumerate(zip(refs, flights, strict=True)):
             try:
-                done.append((flight, values[i] if values is not None else ray.get(ref)))
+                result = values[i] if values is not None else ray.get(ref)
+                # Where each run of this claim went: the lost ones, then the one that returned.
+                result["attempt_nodes"] = [*flight.failed_on, result.get("ray_node_id")]
+                done.append((flight, result))
             except (rex.TaskCancelledError, *SYSTEM_ERRORS, rex.RayTaskError) as exc:
                 failures.append((flight, exc))
         # Results are kept before any store write, so a store outage below loses none of them.
@@ -478,31 +492,47 @@ class Scheduler:
 
     def _task_failed(self, flight: _Flight, exc: BaseException) -> None:
         """One failed Ray task, by fault class (docs/faults.md)."""
+        node = placement.node_of(flight.attempt, exc)
         if isinstance(exc, rex.TaskCancelledError):
             # Our own cancels drop the flight first: this one was cancelled from outside
-            # (dashboard, `ray` CLI). Hand the job back now rather than when its lease expires.
-            self._fail(flight.job_id, flight.sweep_ids, flight.step,
-                       f"the Ray task of job {flight.job_id} was cancelled outside the scheduler; requeued", retry=True)
+            # (dashboard, `ray` CLI). Hand the job back now rather than when its lease expires,
+            # without charging an attempt: the job did nothing wrong.
+            self._hand_back(flight)
         elif isinstance(exc, SYSTEM_ERRORS):
+            flight.failed_on.append(node)
             self._infra_fault(flight, f"the Ray worker running job {flight.job_id} was lost ({type(exc).__name__})",
                               cost=1 + self.options.ray_max_retries)
         else:
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             if is_infrastructure(cause):
+                flight.failed_on.append(node)
                 self._infra_fault(flight, _one_line(cause), cost=1)
             else:
                 self._fail(flight.job_id, flight.sweep_ids, flight.step, _one_line(cause), retry=False)
+
+    def _hand_back(self, flight: _Flight) -> None:
+        """A job whose Ray task was cancelled from outside goes back to pending at once, uncharged."""
+        with session_scope(self._url) as s:
+            back = store_jobs.release_owner_jobs(s, owner=self.owner, job_ids=[flight.job_id])
+        if back:
+            self.report.retried += 1
+            log.warning("the Ray task of job %s was cancelled outside the scheduler; handed the job back to pending",
+                        flight.job_id)
+            self._emit(flight, "retry", error="its Ray task was cancelled outside the scheduler; requeued")
 
     def _infra_fault(self, flight: _Flight, reason: str, *, cost: int) -> None:
         """Retry after a backoff within the infrastructure budget (no new claim, no attempt charged);
         past the budget the job fails with the reason."""
         delay = self._infra.schedule(flight.job_id, flight, cost=cost)
+        nodes = ", ".join(n or "?" for n in flight.failed_on)
         if delay is None:
             self._fail(flight.job_id, flight.sweep_ids, flight.step,
-                       f"{reason}; gave up after {self.options.infra_retries} infrastructure retries", retry=False)
+                       f"{reason}; gave up after {self.options.infra_retries} infrastructure retries "
+                       f"(on Ray nodes {nodes})", retry=False)
             return
         self.report.infra_retried += 1
-        log.warning("job %s: %s; retrying in %.1f s", flight.job_id, reason, delay)
+        log.warning("job %s: %s (Ray node %s); retrying in %.1f s, on another node if there is one", flight.job_id,
+                    reason, flight.failed_on[-1] or "?", delay)
         self._emit(flight, "retry", error=reason)
 
     def _fail(self, job_id: int, sweep_ids: tuple[int, ...], step: int, error: str, *, retry: bool) -> None:
@@ -569,9 +599,11 @@ class Scheduler:
         if not gone:
             return
         stopped = [(ref, f) for ref, f in self._inflight.items() if f.job_id in gone]
-        for ref, _ in stopped:
+        for ref, flight in stopped:
             ray.cancel(ref, force=True)
             del self._inflight[ref]
+            if flight.attempt:
+                placement.forget(flight.attempt)      # a killed run leaves its node note behind
         for job_id in gone:
             if (flight := self._infra.drop(job_id)) is not None:
                 stopped.append((None, flight))

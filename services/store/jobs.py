@@ -269,12 +269,15 @@ def release_expired_leases(session: Session, *, max_attempts: int = 3) -> int:
     return len(changed)
 
 
-def release_owner_jobs(session: Session, *, owner: str) -> int:
-    """Graceful shutdown: `owner`'s running jobs go back to pending, and the interrupted
-    attempt is not counted against them. Returns how many were released."""
+def release_owner_jobs(session: Session, *, owner: str, job_ids: Sequence[int] | None = None) -> int:
+    """Graceful shutdown (or a Ray task cancelled from outside, `job_ids`): `owner`'s running
+    jobs go back to pending, and the interrupted attempt is not counted against them. Returns
+    how many were released."""
     now = utcnow()
-    ids = list(session.scalars(
-        select(Job.id).where(Job.status == JobStatus.RUNNING, Job.lease_owner == owner).with_for_update()).all())
+    q = select(Job.id).where(Job.status == JobStatus.RUNNING, Job.lease_owner == owner)
+    if job_ids is not None:
+        q = q.where(Job.id.in_(list(job_ids)))
+    ids = list(session.scalars(q.with_for_update()).all())
     released = 0
     for chunk in in_chunks(ids):
         released += session.execute(

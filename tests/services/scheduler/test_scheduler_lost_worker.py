@@ -29,13 +29,13 @@ def _dies_on_first_attempt(marker: Path) -> Any:
     """The real Ray task, except that its first attempt kills its own worker (defined here so Ray
     pickles it by value)."""
 
-    def run(spec: Any) -> dict[str, Any]:
+    def run(spec: Any, attempt: str | None = None) -> dict[str, Any]:
         from services.scheduler.task import execute_job
 
         try:
             fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            return execute_job(spec)
+            return execute_job(spec, attempt)
         os.write(fd, str(os.getpid()).encode())
         os.close(fd)
         os.kill(os.getpid(), signal.SIGKILL)

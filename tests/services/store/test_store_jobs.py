@@ -246,6 +246,16 @@ def test_graceful_release_does_not_count_the_attempt(store_url: str) -> None:
         assert states == [("pending", 0, None), ("running", 1, "other")]
 
 
+def test_handing_back_some_jobs_releases_only_those_of_that_owner(store_url: str) -> None:
+    with session_scope(store_url) as s:
+        _sweep(s, n_steps=1, seeds=(0, 1, 2))
+        mine = [j.id for j in sj.claim_jobs(s, owner="me", limit=2, lease_seconds=60)]
+        (theirs,) = [j.id for j in sj.claim_jobs(s, owner="other", limit=1, lease_seconds=60)]
+        assert sj.release_owner_jobs(s, owner="me", job_ids=[mine[0], theirs]) == 1   # not another's job
+        states = {j.id: (j.status, j.attempts, j.lease_owner) for j in s.query(Job)}
+        assert states == {mine[0]: ("pending", 0, None), mine[1]: ("running", 1, "me"), theirs: ("running", 1, "other")}
+
+
 def test_sweep_lifecycle_and_mlflow_ids(store_url: str) -> None:
     with session_scope(store_url) as s:
         sweep, _, _ = _sweep(s, n_steps=1, seeds=(0,))

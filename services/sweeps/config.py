@@ -50,8 +50,9 @@ def load_config(overrides: Sequence[str] = (), *, conf_dir: Path | None = None) 
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(_explain(exc, overrides)) from exc
     assert isinstance(obj, LLCConfig)
-    if not isinstance(obj.sampler.epsilon, list):     # sampler.epsilon=auto (or one number)
-        obj.sampler.epsilon = [obj.sampler.epsilon]
+    for name in ("epsilon", "gamma"):                  # sampler.epsilon=auto (or one number)
+        if not isinstance(getattr(obj.sampler, name), list):
+            setattr(obj.sampler, name, [getattr(obj.sampler, name)])
     validate(obj)
     return obj
 

@@ -36,7 +36,8 @@ class SGLDConfig:
     gamma: the localization strength, or "auto": pilots down a grid of gamma/nbeta pick the weakest
     one at which lambda_hat has stopped rising and the chains stay localized (localization.py; the
     record is in LLCResult.gamma_calibration). gamma_hint: with "auto", a gamma picked earlier, kept
-    when this run's traces pass and its chains stay localized.
+    when this run's traces pass and its chains stay localized. gamma_pilot_steps: the most steps per
+    chain one gamma pilot may take (a weaker gamma needs a longer burn-in; the scan ends before it).
     method: "sgld" or "rmsprop_sgld" (diagonal RMSProp preconditioning, see sgld.py).
     memory_bytes: what the estimate may use on its device, weights included (a worker's share);
     None: what is free there now. The memory plan (memory.py) fits the chains into it or refuses.
@@ -61,6 +62,7 @@ class SGLDConfig:
     rmsprop_alpha: float = 0.99
     epsilon_hint: float | None = None
     gamma_hint: float | None = None
+    gamma_pilot_steps: int = 30_000
     memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
@@ -85,7 +87,7 @@ class SGLDConfig:
             _positive_float("gamma_hint", self.gamma_hint, "use a localization strength > 0 picked by an earlier calibration, or None")
         if self.nbeta is not None:
             _positive_float("nbeta", self.nbeta, "use a positive inverse temperature or None for n/log n")
-        for name, low in (("num_chains", 1), ("num_draws", 1), ("num_burnin", 0),
+        for name, low in (("num_chains", 1), ("num_draws", 1), ("num_burnin", 0), ("gamma_pilot_steps", 1),
                           ("steps_between_draws", 1), ("batch_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

@@ -243,7 +243,7 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
 
     def scanned() -> LLCResult:
         cal = calibrate_gamma(gamma_pilot, nbeta=nbeta, epsilon=pilot_eps,
-                              cost=lambda g: sum(pilot_steps(cfg.num_burnin, pilot_c, g)))
+                              cost=lambda g: sum(pilot_steps(cfg.num_burnin, pilot_c, g)), max_steps=cfg.gamma_pilot_steps)
         res = _with_gamma_calibration(at_gamma(cal.gamma, pilot_eps), cal)
         if cfg.epsilon == AUTO:
             pick = next(p for p in cal.points if p.pilot.gamma == cal.gamma)

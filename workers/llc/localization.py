@@ -15,8 +15,10 @@ A pilot is usable when its traces pass (calibration.check) and the chains stay l
 mean squared distance |w - w*|^2 of the second half of the draws is at most LOCAL_RATIO_MAX
 times that of the first half (a chain drifting away grows it without bound). The pick is where
 lambda_hat has stopped rising: the first neighbouring pair of usable pilots where the weaker
-gamma raises lambda_hat by at most RISE_REL (or within RISE_SIGMAS paired standard errors);
-of that pair the weaker gamma. A pilot that is not usable ends the scan at the last usable one.
+gamma's rise is shown to be small (rise + RISE_SIGMAS paired standard errors <= RISE_REL of
+lambda_hat); of that pair the weaker gamma. Noisy pilots do not stop the scan early: a weaker
+gamma is the side of less bias, and the scan still ends at the first pilot that fails (the last
+usable one is taken) or before one too slow to relax (MAX_PILOT_STEPS).
 """
 from __future__ import annotations
 
@@ -31,12 +33,12 @@ from .calibration import PilotStats, check
 # at n = 1e5, where the normal crossing (flat to sixth order at w*) first shows its lambda.
 GAMMA_GRID = (0.1, 0.03, 0.01, 0.003, 0.001, 0.0003, 0.0001)
 LOCAL_RATIO_MAX = 1.5      # second-half / first-half mean |w - w*|^2 a localized pilot stays below
-RISE_REL = 0.03            # lambda_hat stopped rising: the weaker gamma adds at most this share ...
-RISE_SIGMAS = 2.0          # ... or at most this many paired standard errors
+RISE_REL = 0.05           # lambda_hat stopped rising: the weaker gamma's rise, plus ...
+RISE_SIGMAS = 2.0          # ... this many of its standard errors, is at most this share of lambda_hat
 PILOT_TIME = 20.0          # draws of a gamma pilot at dimensionless step c: PILOT_TIME / c (at least 100)
 RELAX_TIMES = 2.0          # burn-in: at least this many relaxation times 1/(c g) of the localization
 PILOT_STEP = 0.01          # c = eps * nbeta * s of the pilots when epsilon is "auto" (calibration.GRID's smallest)
-MAX_PILOT_STEPS = 30_000   # the scan ends before a gamma whose pilot would need more steps than this
+MAX_PILOT_STEPS = 30_000   # default SGLDConfig.gamma_pilot_steps: the scan ends before a pilot that needs more
 
 
 def relax_steps(step: float, ratio: float) -> int:
@@ -123,16 +125,16 @@ def paired_rise(strong: GammaPilot, weak: GammaPilot) -> tuple[float, float]:
 
 
 def stopped_rising(rise: float, se: float, level: float) -> bool:
-    """Whether the weaker gamma's lambda_hat (level) rose by no more than noise or RISE_REL of itself."""
-    return rise <= max(RISE_SIGMAS * se, RISE_REL * abs(level))
+    """Whether the weaker gamma's lambda_hat (level) is shown to have risen by at most RISE_REL of itself."""
+    return rise + RISE_SIGMAS * se <= RISE_REL * abs(level)
 
 
 def calibrate_gamma(pilot: Callable[[float], GammaPilot], *, nbeta: float, epsilon: float,
-                    cost: Callable[[float], int] = lambda g: 0,
+                    cost: Callable[[float], int] = lambda g: 0, max_steps: int = MAX_PILOT_STEPS,
                     grid: tuple[float, ...] = GAMMA_GRID) -> GammaCalibration:
     """Run pilot(gamma) down the grid until lambda_hat stops rising; return the pick.
 
-    cost(g): steps per chain of the pilot at g; the scan ends before one above MAX_PILOT_STEPS."""
+    cost(g): steps per chain of the pilot at g; the scan ends before one above max_steps."""
     points: list[GammaPoint] = []
     prev: GammaPoint | None = None
 
@@ -141,10 +143,10 @@ def calibrate_gamma(pilot: Callable[[float], GammaPilot], *, nbeta: float, epsil
                                 pilot_chain_steps=sum(p.pilot.stats.chain_steps for p in points))
 
     for g in grid:
-        if cost(g) > MAX_PILOT_STEPS and prev is not None:
+        if cost(g) > max_steps and prev is not None:
             last = next((p for p in reversed(points) if p.usable), None)
             if last is not None:
-                return done(last, (f"gamma/nbeta = {g:g} would need {cost(g)} steps per chain to relax (> {MAX_PILOT_STEPS}); "
+                return done(last, (f"gamma/nbeta = {g:g} would need {cost(g)} steps per chain to relax (> {max_steps}); "
                                    f"took the weakest usable gamma/nbeta = {last.ratio:g}, lambda_hat still rising"))
             break
         run = pilot(g * nbeta)

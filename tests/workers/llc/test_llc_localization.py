@@ -35,8 +35,8 @@ def _pilot(*, lam: float = 4.0, k: float = 10.0, dist_ratio=lambda g: 1.0):
 def test_pick_is_the_weaker_gamma_of_the_first_pair_where_lambda_hat_stopped_rising() -> None:
     run, calls = _pilot()
     cal = calibrate_gamma(run, nbeta=NBETA, epsilon=1e-5)
-    # 4/(1 + 10 g): 0.1 -> 0.03 rises 54%, 0.03 -> 0.01 21%, 0.01 -> 0.003 7% (each far above the
-    # paired s.e. of 0: the chains' offsets cancel), 0.003 -> 0.001 2% (<= 3%): stop, take 0.001.
+    # 4/(1 + 10 g): 0.1 -> 0.03 rises 54%, 0.03 -> 0.01 21%, 0.01 -> 0.003 7%, 0.003 -> 0.001 2%
+    # (<= 5%, and the paired s.e. is 0: the chains' offsets cancel): stop, take 0.001.
     assert cal.gamma == pytest.approx(0.001 * NBETA)
     assert calls == pytest.approx([g for g in GAMMA_GRID if g >= 0.001])
     assert "stopped rising" in cal.reason and cal.pilot_chain_steps == 100 * len(calls)
@@ -49,6 +49,21 @@ def test_paired_rise_cancels_what_the_chains_share() -> None:
     run, _ = _pilot()
     rise, se = paired_rise(run(0.1 * NBETA), run(0.03 * NBETA))
     assert rise == pytest.approx(4 / 1.3 - 2) and se == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_rise_lost_in_noise_does_not_stop_the_scan() -> None:
+    # Chains that disagree between pilots (a paired s.e. of 0.35): the small rises are not shown to
+    # be small, so the scan goes on to the weakest gamma it can afford.
+    run, calls = _pilot(k=0.1)
+
+    def noisy(gamma: float) -> GammaPilot:
+        p = run(gamma)
+        flip = 1 if len(calls) % 2 else -1
+        return GammaPilot(gamma=p.gamma, stats=p.stats, dist_ratio=1.0,
+                          llc_per_chain=tuple(v + flip * o * 2 for v, o in zip(p.llc_per_chain, OFFSETS, strict=True)))
+
+    cal = calibrate_gamma(noisy, nbeta=NBETA, epsilon=1e-5)
+    assert cal.gamma == pytest.approx(GAMMA_GRID[-1] * NBETA) and "still rising" in cal.reason
 
 
 def test_chains_that_drift_away_end_the_scan_at_the_last_localized_gamma() -> None:
@@ -91,12 +106,12 @@ def test_config_accepts_auto_and_refuses_other_words() -> None:
 
 
 def test_estimate_llc_scans_gamma_and_keeps_a_good_hint() -> None:
-    # A regular model (lambda = d/2 = 4.5 at its least-squares fit): the localization shrinks
-    # lambda_hat by ~1/(1 + g/h) (h ~ 1), so the scan must stop early; eps*nbeta = 0.03 keeps it
-    # short (the discretization bias there is ~+10% on this model, the 4 chains' s.e. ~10%: 25%).
+    # A regular model (lambda = d/2 = 4.5 at its least-squares fit), the scan kept short by a step
+    # of eps*nbeta = 0.1 and a pilot budget of 3,000 steps (g = 0.003 would need ~6,870: not run).
     model, data = linear_regression(n=2_000, d_in=2, d_out=3, seed=3)
     nbeta = 2_000 / math.log(2_000)
-    base = dict(epsilon=0.03 / nbeta, gamma="auto", num_chains=4, num_draws=200, num_burnin=0, batch_size=100, seed=1)
+    base = dict(epsilon=0.1 / nbeta, gamma="auto", num_chains=4, num_draws=200, num_burnin=0, batch_size=100, seed=1,
+                gamma_pilot_steps=3_000)
     res = estimate_llc(model, half_mse, data, config=SGLDConfig(**base))
     cal = res.gamma_calibration
     assert cal is not None and not cal["carried"] and len(cal["points"]) >= 2
@@ -104,7 +119,8 @@ def test_estimate_llc_scans_gamma_and_keeps_a_good_hint() -> None:
     assert res.diagnostics["gamma"] == cal["gamma"] and any(g == pytest.approx(x) for x in GAMMA_GRID)
     assert all(p["dist_ratio"] is not None and p["usable"] for p in cal["points"]), cal
     # The run at the pick relaxes as long as its pilot did (a weaker gamma relaxes more slowly).
-    assert res.diagnostics["num_burnin"] == max(burnin_for(0, 0.03), relax_steps(0.03, g))
+    assert [p["ratio"] for p in cal["points"]] == [0.1, 0.03, 0.01] and "would need 68" in cal["reason"]
+    assert res.diagnostics["num_burnin"] == max(burnin_for(0, 0.1), relax_steps(0.1, g))
     assert abs(res.llc_mean / 4.5 - 1) < 0.25, (res.llc_mean, cal["reason"])
     hinted = estimate_llc(model, half_mse, data, config=SGLDConfig(**{**base, "gamma_hint": cal["gamma"]}))
     assert hinted.gamma_calibration["carried"] is True and hinted.diagnostics["gamma_calibration_chain_steps"] == 0

@@ -92,16 +92,17 @@ def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, bool) else finite_or_none(value)
 
 
-def _calibration_metrics(calibration: dict[str, Any], now: int) -> list[Any]:
-    """One MLflow step per pilot, from the largest step size down: epsilon, lambda_hat, its s.e., usable."""
+def _calibration_metrics(calibration: dict[str, Any], now: int, *, prefix: str = "calibration",
+                         keys: tuple[str, ...] = ("epsilon", "llc_mean", "llc_se", "r_hat", "drift_z")) -> list[Any]:
+    """One MLflow step per pilot, down the grid: epsilon (or gamma), lambda_hat, its s.e., usable."""
     from mlflow.entities import Metric
 
     out: list[Any] = []
     for i, point in enumerate(calibration.get("points") or []):
-        for key in ("epsilon", "llc_mean", "llc_se", "r_hat", "drift_z"):
+        for key in keys:
             if (v := _finite(point.get(key))) is not None:
-                out.append(Metric(f"calibration/{key}", v, now, i))
-        out.append(Metric("calibration/usable", float(bool(point.get("usable"))), now, i))
+                out.append(Metric(f"{prefix}/{key}", v, now, i))
+        out.append(Metric(f"{prefix}/usable", float(bool(point.get("usable"))), now, i))
     return out
 
 
@@ -218,7 +219,8 @@ class Tracker:
         a half-logged run (an earlier try cut off by an outage or a kill) is deleted and logged
         afresh, so each job key has exactly one live child run. An epsilon=auto calibration is
         logged as calibration/* metrics (one step per pilot), the pick as a param and the whole
-        record as calibration.json; `artifacts` (e.g. its plot) are attached as files."""
+        record as calibration.json (gamma=auto: gamma_calibration/*, calibration.gamma,
+        gamma_calibration.json); `artifacts` (e.g. their plots) are attached as files."""
         from mlflow.entities import Metric, Param, RunTag
 
         existing = self._live_run(existing_run_id)
@@ -275,16 +277,23 @@ class Tracker:
                 if (v := _finite(value)) is not None:
                     metrics.append(Metric(f"loss_trace/chain_{chain}", v, now, draw))
 
-        calibration = extra.get("calibration")
-        if isinstance(calibration, dict):
-            metrics += _calibration_metrics(calibration, now)
-            if (pick := _finite(calibration.get("epsilon"))) is not None:
-                param_objs.append(Param("calibration.epsilon", repr(pick)))
-            tags.append(RunTag("llc.calibration.reason", str(calibration.get("reason", ""))[:5000]))
+        records = {}
+        for key, pick_key, metric_keys in (
+                ("calibration", "epsilon", ("epsilon", "llc_mean", "llc_se", "r_hat", "drift_z")),
+                ("gamma_calibration", "gamma", ("gamma", "ratio", "llc_mean", "llc_se", "rise", "rise_se",
+                                                "dist_ratio", "r_hat", "drift_z"))):
+            record = extra.get(key)
+            if not isinstance(record, dict):
+                continue
+            records[key] = record
+            metrics += _calibration_metrics(record, now, prefix=key, keys=metric_keys)
+            if (pick := _finite(record.get(pick_key))) is not None:
+                param_objs.append(Param(f"calibration.{pick_key}", repr(pick)))
+            tags.append(RunTag(f"llc.{key}.reason", str(record.get("reason", ""))[:5000]))
 
         self._log_batch(run_id, metrics=metrics, params=param_objs, tags=tags)
-        if isinstance(calibration, dict):
-            self._call(lambda: self.client.log_dict(run_id, calibration, "calibration.json"))
+        for key, record in records.items():
+            self._call(lambda k=key, r=record: self.client.log_dict(run_id, r, f"{k}.json"))
         for path in artifacts:
             self._call(lambda p=path: self.client.log_artifact(run_id, str(p)))
         self._call(lambda: self.client.set_terminated(run_id, status="FINISHED"))

@@ -55,7 +55,7 @@ class SamplerSpec:
     """One point of a sweep's hyperparameter grid."""
 
     epsilon: float | str                  # a step size, or "auto" (calibrated by the estimator)
-    gamma: float
+    gamma: float | str                    # a localization strength, or "auto" (calibrated by the estimator)
     nbeta: float | None
     num_chains: int
     num_draws: int
@@ -86,6 +86,7 @@ class JobSpec:
     sample_params: tuple[str, ...] | None = None   # weight-restricted LLC (fnmatch patterns)
     compile: bool | None = None           # torch.compile the SGLD step; None: auto (how it runs, not what: not in the job key)
     epsilon_hint: float | None = None     # epsilon=auto: a step picked on another checkpoint of the sweep, re-checked here
+    gamma_hint: float | None = None       # gamma=auto: the same for the localization strength
     dtype: str = "float32"                # the model computes in: float32 | bfloat16 | float16 (SGLD state stays fp32)
     memory_bytes: int | None = None       # memory the job may use on its device (the scheduler's figure for the worker)
     dataset_fingerprint: str | None = None  # the dataset as submitted: a cached copy is used without listing (not in the key)
@@ -202,6 +203,7 @@ def _sgld_config(spec: JobSpec) -> Any:
                           num_draws=s.num_draws, num_burnin=s.num_burnin, steps_between_draws=s.steps_between_draws,
                           batch_size=s.batch_size, seed=spec.seed, baseline=s.baseline, method=s.method,
                           sample_params=spec.sample_params, compile=spec.compile, epsilon_hint=spec.epsilon_hint,
+                          gamma_hint=spec.gamma_hint,
                           memory_bytes=spec.memory_bytes)
     except ValueError as exc:
         raise JobInputError(str(exc)) from exc
@@ -255,6 +257,8 @@ def run_job(spec: JobSpec, *, progress: Callable[[int, int], None] | None = None
                              "step": spec.step, "fingerprint": ref.fingerprint}
     if res.calibration is not None:
         extra["calibration"] = res.calibration
+    if res.gamma_calibration is not None:
+        extra["gamma_calibration"] = res.gamma_calibration
     return JobResult(
         llc_mean=float(res.llc_mean), llc_std=float(res.llc_std), llc_per_chain=[float(x) for x in res.llc_per_chain],
         init_loss=float(res.init_loss), baseline_loss=float(res.baseline_loss), nbeta=float(res.nbeta), n=int(res.n),

@@ -1,7 +1,9 @@
-"""PNG of one epsilon=auto calibration: pilot lambda_hat against the step size, the pick marked.
+"""PNG of one epsilon=auto or gamma=auto calibration: pilot lambda_hat against the step size (or
+the localization strength), the pick marked.
 
-Reads the JSON record the estimator returns (workers/llc/calibration.py, JobResult
-extra["calibration"]); usable pilots are filled, rejected ones hollow with the reason in the legend.
+Reads the JSON records the estimator returns (workers/llc/calibration.py, localization.py;
+JobResult extra["calibration"] / extra["gamma_calibration"]); usable pilots are filled, rejected
+ones hollow with the reason in the legend.
 """
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 
-def plot_calibration(record: dict[str, Any], path: Path, *, title: str = "epsilon = auto") -> Path:
-    """Write the plot to path (PNG) and return it."""
+def plot_calibration(record: dict[str, Any], path: Path, *, title: str = "epsilon = auto", x: str = "epsilon") -> Path:
+    """Write the plot to path (PNG) and return it; x: "epsilon" or "gamma" (the record's pilots and pick)."""
+    symbol = {"epsilon": "ε", "gamma": "γ"}[x]
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -19,21 +22,21 @@ def plot_calibration(record: dict[str, Any], path: Path, *, title: str = "epsilo
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     try:
-        points = [p for p in record.get("points") or [] if _num(p.get("epsilon")) and _num(p.get("llc_mean"))]
+        points = [p for p in record.get("points") or [] if _num(p.get(x)) and _num(p.get("llc_mean"))]
         for usable in (True, False):
             sel = [p for p in points if bool(p.get("usable")) == usable]
             if not sel:
                 continue
             se = [2 * p["llc_se"] if _num(p.get("llc_se")) else 0.0 for p in sel]
-            ax.errorbar([p["epsilon"] for p in sel], [p["llc_mean"] for p in sel], yerr=se, fmt="o",
+            ax.errorbar([p[x] for p in sel], [p["llc_mean"] for p in sel], yerr=se, fmt="o",
                         mfc="C0" if usable else "none", color="C0" if usable else "C3", capsize=3,
                         label="usable pilot (±2 s.e.)" if usable else "rejected: " + "; ".join(
                             sorted({str(p.get("why")) for p in sel}))[:80])
-        pick = _num(record.get("epsilon"))
-        if pick:
-            ax.axvline(pick, color="C2", ls="--", label=f"pick ε = {pick:.3g}" + (" (carried)" if record.get("carried") else ""))
+        pick = record.get(x)
+        if _num(pick):
+            ax.axvline(pick, color="C2", ls="--", label=f"pick {symbol} = {pick:.3g}" + (" (carried)" if record.get("carried") else ""))
         ax.set_xscale("log")
-        ax.set_xlabel("ε")
+        ax.set_xlabel(symbol)
         ax.set_ylabel("λ̂ (pilot)")
         ax.set_title(title)
         ax.grid(True, which="major", alpha=0.3)

@@ -23,7 +23,7 @@ from ray import exceptions as rex
 from services.core.errors import ConfigError
 from services.core.paths import llc_home
 from services.scheduler import feasibility, placement
-from services.scheduler.carry import EpsilonCarry
+from services.scheduler.carry import CalibrationCarry
 from services.scheduler.faults import InfraRetries, is_infrastructure
 from services.scheduler.outage import DEFAULT_OUTAGE_BUDGET_S, STORE_ERRORS, OutageClock, Spool, replay_spools
 from services.scheduler.cluster import has_gpus
@@ -192,7 +192,7 @@ class Scheduler:
         self._renew_every = self._check_every = 1.0
         self._next_renew = self._next_check = self._next_feasible = 0.0
         self._notes: dict[int, str] = {}     # job id → why no node can run it (written to the job's error)
-        self._carry = EpsilonCarry()         # epsilon=auto: calibrated picks handed to later jobs
+        self._carry = CalibrationCarry()     # epsilon/gamma=auto: calibrated picks handed to later jobs
         #: claim once this many slots are free: half the window, so half of it stays queued in Ray
         self._claim_batch = max(1, options.max_in_flight // 2)
 

@@ -61,11 +61,12 @@ def sync_mlflow(*, database_url: str, tracker: Tracker, owner: str, sweep_id: in
 
 
 def _log_child(tracker: Tracker, *, parent: str, run: Any, result: Mapping[str, Any], sweep_id: int) -> str:
-    """One child run; an epsilon=auto job's calibration goes with it as a PNG (λ̂ against ε, pick marked)."""
-    calibration = ((result or {}).get("extra") or {}).get("calibration")
+    """One child run; an epsilon=auto (gamma=auto) job's calibration goes with it as a PNG (λ̂ against ε (γ), pick marked)."""
+    extra = (result or {}).get("extra") or {}
     with tempfile.TemporaryDirectory() as tmp:
-        plots = [plot_calibration(calibration, Path(tmp) / "calibration.png", title=f"step {run.step}: ε = auto")
-                 ] if isinstance(calibration, dict) else []
+        plots = [plot_calibration(extra[key], Path(tmp) / f"{key}.png", title=f"step {run.step}: {symbol} = auto", x=x)
+                 for key, x, symbol in (("calibration", "epsilon", "ε"), ("gamma_calibration", "gamma", "γ"))
+                 if isinstance(extra.get(key), dict)]
         return tracker.log_job(parent_run_id=parent, job_key=run.key, step=run.step,
                                params=dict(run.hyperparameters, seed=run.seed), result=result, sweep_id=sweep_id,
                                artifacts=plots)

@@ -50,8 +50,9 @@ def load_config(overrides: Sequence[str] = (), *, conf_dir: Path | None = None) 
     except (HydraException, OmegaConfBaseException, ValueError) as exc:
         raise ConfigError(_explain(exc, overrides)) from exc
     assert isinstance(obj, LLCConfig)
-    if not isinstance(obj.sampler.epsilon, list):     # sampler.epsilon=auto (or one number)
-        obj.sampler.epsilon = [obj.sampler.epsilon]
+    for name in ("epsilon", "gamma"):                  # sampler.epsilon=auto (or one number)
+        if not isinstance(getattr(obj.sampler, name), list):
+            setattr(obj.sampler, name, [getattr(obj.sampler, name)])
     validate(obj)
     return obj
 
@@ -101,17 +102,16 @@ def validate(cfg: LLCConfig) -> None:
         (s.components is None or len(s.components) > 0,
          "sweep.components is an empty list; give components, e.g. sweep.components=[all,heads], or null for the whole model"),
     ]
-    eps = g.epsilon if isinstance(g.epsilon, list) else [g.epsilon]
-    for v in eps:
-        if v == "auto":
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            checks.append((False, f"sampler.epsilon values must be positive numbers or auto, got {v!r}"))
+    for name in ("epsilon", "gamma"):               # numbers or "auto" (calibrated by the estimator)
+        values = getattr(g, name)
+        for v in values if isinstance(values, list) else [values]:
+            if v != "auto" and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                checks.append((False, f"sampler.{name} values must be positive numbers or auto, got {v!r}"))
     for name in ("epsilon", "gamma", "nbeta", "num_chains", "num_draws", "num_burnin", "batch_size"):
         values = getattr(g, name)
         checks.append((len(values) > 0, f"sampler.{name} is an empty list; give at least one value, e.g. sampler.{name}=[...]"))
         for v in values:
-            if name == "epsilon" and (v == "auto" or isinstance(v, bool) or not isinstance(v, (int, float))):
+            if name in ("epsilon", "gamma") and (v == "auto" or isinstance(v, bool) or not isinstance(v, (int, float))):
                 continue                              # checked above
             if v is None:
                 checks.append((name == "nbeta", f"sampler.{name} may not contain null"))

@@ -44,7 +44,9 @@ class SamplerGrid:
     # step sizes, or "auto" (alone or in the list): the estimator calibrates it per job, and
     # the scheduler carries a pick along the sweep (docs/estimator.md). Any: floats or "auto".
     epsilon: Any = field(default_factory=lambda: [1e-3])
-    gamma: List[float] = field(default_factory=lambda: [100.0])
+    # localization strengths, or "auto": pilots down a grid of gamma/nbeta pick it per job (carried
+    # along the sweep like epsilon; docs/estimator.md). Any: floats or "auto".
+    gamma: Any = field(default_factory=lambda: [100.0])
     nbeta: List[Optional[float]] = field(default_factory=lambda: [None])   # None → n / log n
     num_chains: List[int] = field(default_factory=lambda: [4])
     num_draws: List[int] = field(default_factory=lambda: [200])

@@ -35,6 +35,7 @@ class ChainRecords:
     loss: np.ndarray = field(init=False)
     baseline: np.ndarray = field(init=False)
     init_loss: np.ndarray = field(init=False)
+    dist2: np.ndarray = field(init=False)       # (chains, draws) |w_t - w*|^2 (NaN unless tracked)
     diverged: np.ndarray = field(init=False)
     diverged_at_step: np.ndarray = field(init=False)
     mala_accept: list[list[float]] = field(init=False)
@@ -45,6 +46,7 @@ class ChainRecords:
         self.loss = np.full((c, d), np.nan)
         self.baseline = np.full((c, d), np.nan)
         self.init_loss = np.full(c, np.nan)
+        self.dist2 = np.full((c, d), np.nan)
         self.diverged = np.zeros(c, dtype=bool)
         self.diverged_at_step = np.full(c, -1, dtype=np.int64)
         self.mala_accept = [[] for _ in range(c)]
@@ -60,13 +62,14 @@ _OFFSET_CHUNK = 1 << 20
 
 def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: list[IndexStream],
               noise_gens: list[torch.Generator], flat0: torch.Tensor, cfg: SGLDConfig, step: SGLDStep,
-              paired: Any | None, records: ChainRecords, progress: Progress) -> None:
+              paired: Any | None, records: ChainRecords, progress: Progress, track_distance: bool = False) -> None:
     """Run cfg.num_steps SGLD steps for `chains` (all in one stepper call per step).
 
     Losses stay on the device in a (chains, steps) trace until the end; divergence is checked
     every _CHECK_EVERY steps; paired baselines L_m(w*) (independent of the chain state) are
     computed from the recorded batch indices, many batches per call, by `paired` (the
-    stepper itself or an ItemLossTable; None: a constant baseline).
+    stepper itself or an ItemLossTable; None: a constant baseline). track_distance also records
+    |w_t - w*|^2 at the draws (gamma="auto" pilots: are the chains staying localized?).
     """
     eps, gamma, nbeta = step.epsilon, step.gamma, step.nbeta
     dev = flat0.device
@@ -83,6 +86,7 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
     precond_state: dict[str, torch.Tensor] = {}
     first_bad = np.full(group, total, dtype=np.int64)   # first divergent step per row (total: none)
     mala_acc = torch.full((group, cfg.num_draws), float("nan"), device=dev, dtype=torch.float64) if cfg.mala else None
+    dist2 = torch.full((group, cfg.num_draws), float("nan"), device=dev, dtype=torch.float64) if track_distance else None
     baselines = _PairedBaselines(paired, source, chains, chunk=16 * group) if paired is not None else None
     init: torch.Tensor | None = None
     buffers: tuple[torch.Tensor, torch.Tensor] | None = None   # (noise, offset chunk), reused across steps
@@ -112,6 +116,13 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
             init = loss.detach().clone()
         if baselines is not None and is_draw:
             baselines.add(t, draw, rows, idx)
+        if dist2 is not None and is_draw:
+            with torch.no_grad():
+                d2 = (flat - flat0).double().square().sum(dim=1)
+            if rows_t is None:
+                dist2[:, draw] = d2
+            else:
+                dist2[:, draw].index_copy_(0, rows_t, d2)
         progress(len(rows))
         if t + 1 - checked >= _CHECK_EVERY or t == total - 1:
             # Chains past their first bad step stop here; the others never saw them.
@@ -162,18 +173,19 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
                 mala_acc[:, draw] = acc
             else:
                 mala_acc[:, draw].index_copy_(0, rows_t, acc)
-    _record(records, chains=chains, cfg=cfg, trace=trace, first_bad=first_bad, mala_acc=mala_acc)
+    _record(records, chains=chains, cfg=cfg, trace=trace, first_bad=first_bad, mala_acc=mala_acc, dist2=dist2)
     if baselines is not None:
         baselines.finish(records, first_bad)
 
 
 def _record(records: ChainRecords, *, chains: list[int], cfg: SGLDConfig, trace: torch.Tensor,
-            first_bad: np.ndarray, mala_acc: torch.Tensor | None) -> None:
+            first_bad: np.ndarray, mala_acc: torch.Tensor | None, dist2: torch.Tensor | None = None) -> None:
     """Copy a group's device trace into records (one transfer), NaN from each divergent step on."""
     total = cfg.num_steps
     tr = trace.double().cpu().numpy()
     steps = cfg.num_burnin + np.arange(cfg.num_draws) * cfg.steps_between_draws
     acc = mala_acc.cpu().numpy() if mala_acc is not None else None
+    dist = dist2.cpu().numpy() if dist2 is not None else None
     # As when chains were dropped at their divergent step: no MALA at a step where a chain of the group diverged.
     div_steps = np.isin(steps, first_bad[first_bad < total])
     for i, c in enumerate(chains):
@@ -182,6 +194,8 @@ def _record(records: ChainRecords, *, chains: list[int], cfg: SGLDConfig, trace:
         loss = tr[i, steps]
         loss[steps >= s] = np.nan
         records.loss[c] = loss
+        if dist is not None:
+            records.dist2[c] = np.where(steps >= s, np.nan, dist[i])
         records.chain_steps += min(s + 1, total)
         if s < total:
             records.diverged[c] = True

@@ -33,13 +33,18 @@ class SGLDConfig:
     epsilon: a step size, or "auto": a short pilot picks it (calibration.py; the record is in
     LLCResult.calibration). epsilon_hint: with "auto", a step picked earlier (e.g. on another
     checkpoint of the same sweep) that is tried first and kept when its traces still pass.
+    gamma: the localization strength, or "auto": pilots down a grid of gamma/nbeta pick the weakest
+    one at which lambda_hat has stopped rising and the chains stay localized (localization.py; the
+    record is in LLCResult.gamma_calibration). gamma_hint: with "auto", a gamma picked earlier, kept
+    when this run's traces pass and its chains stay localized. gamma_pilot_steps: the most steps per
+    chain one gamma pilot may take (a weaker gamma needs a longer burn-in; the scan ends before it).
     method: "sgld" or "rmsprop_sgld" (diagonal RMSProp preconditioning, see sgld.py).
     memory_bytes: what the estimate may use on its device, weights included (a worker's share);
     None: what is free there now. The memory plan (memory.py) fits the chains into it or refuses.
     """
 
     epsilon: float | str = 1e-4
-    gamma: float = 100.0
+    gamma: float | str = 100.0
     nbeta: float | None = None
     num_chains: int = 4
     num_draws: int = 200
@@ -56,6 +61,8 @@ class SGLDConfig:
     method: str = "sgld"
     rmsprop_alpha: float = 0.99
     epsilon_hint: float | None = None
+    gamma_hint: float | None = None
+    gamma_pilot_steps: int = 30_000
     memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
@@ -73,11 +80,14 @@ class SGLDConfig:
             raise ValueError(f"SGLDConfig.rmsprop_alpha={self.rmsprop_alpha!r} is invalid: the RMSProp decay must lie in (0, 1), e.g. 0.99.")
         if self.mala and self.method != "sgld":
             raise ValueError("SGLDConfig.mala=True needs method='sgld': the MALA acceptance is defined for the plain SGLD proposal only.")
-        if not (math.isfinite(self.gamma) and self.gamma >= 0):
-            raise ValueError(f"SGLDConfig.gamma={self.gamma!r} is invalid: the localization strength must be a finite number >= 0.")
+        if self.gamma != AUTO and (isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float))
+                                   or not (math.isfinite(self.gamma) and self.gamma >= 0)):
+            raise ValueError(f"SGLDConfig.gamma={self.gamma!r} is invalid: the localization strength must be a finite number >= 0 or 'auto'.")
+        if self.gamma_hint is not None:
+            _positive_float("gamma_hint", self.gamma_hint, "use a localization strength > 0 picked by an earlier calibration, or None")
         if self.nbeta is not None:
             _positive_float("nbeta", self.nbeta, "use a positive inverse temperature or None for n/log n")
-        for name, low in (("num_chains", 1), ("num_draws", 1), ("num_burnin", 0),
+        for name, low in (("num_chains", 1), ("num_draws", 1), ("num_burnin", 0), ("gamma_pilot_steps", 1),
                           ("steps_between_draws", 1), ("batch_size", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

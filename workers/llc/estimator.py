@@ -19,11 +19,13 @@ from torch.utils.data import Dataset
 
 from .accumulate import AccumulatingStepper
 from .baselines import constant_baseline, item_loss_table
-from .calibration import Calibration, PilotStats, burnin_for, calibrate, carried, pilot_draws
+from .calibration import Calibration, CalibrationPoint, PilotStats, burnin_for, calibrate, carried, pilot_draws
 from .chains import ChainRecords, run_group
 from .components import resolve_selection
 from .config import AUTO, SGLDConfig
 from .data import BatchSource, IndexStream, chain_generator
+from .localization import (PILOT_STEP, GammaCalibration, GammaPilot, calibrate_gamma, carried_gamma, pilot_steps,
+                           relax_steps)
 from .diagnostics import drift_z, ess_bulk, ess_tail, r_hat_bulk, r_hat_tail
 from .memory import MemoryEstimate, MemoryPlan, free_memory, measure_activations, plan_memory
 from .result import LLCResult
@@ -155,9 +157,10 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
                                                  cfg=cfg, probe_loss=probe_loss)
         paired = table if table is not None else stepper
 
-    def sample(run_cfg: SGLDConfig, report: Callable[[int], None] | None) -> tuple[ChainRecords, float]:
-        """Run run_cfg's chains at its (numeric) epsilon; the records and the sampling seconds."""
-        step = SGLDStep(epsilon=float(run_cfg.epsilon), gamma=run_cfg.gamma, nbeta=nbeta, method=run_cfg.method,
+    def sample(run_cfg: SGLDConfig, report: Callable[[int], None] | None,
+               track_distance: bool = False) -> tuple[ChainRecords, float]:
+        """Run run_cfg's chains at its (numeric) epsilon and gamma; the records and the sampling seconds."""
+        step = SGLDStep(epsilon=float(run_cfg.epsilon), gamma=float(run_cfg.gamma), nbeta=nbeta, method=run_cfg.method,
                         rmsprop_alpha=run_cfg.rmsprop_alpha)
         records = ChainRecords(run_cfg.num_chains, run_cfg.num_draws)
         streams = [IndexStream(n, run_cfg.batch_size, chain_generator(run_cfg.seed, c, 0)) for c in range(run_cfg.num_chains)]
@@ -169,7 +172,7 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
         for g in groups:
             run_group(stepper=steps_by, source=source, chains=g, streams=[streams[c] for c in g],
                       noise_gens=[noise[c] for c in g], flat0=flat0, cfg=run_cfg, step=step, paired=paired,
-                      records=records, progress=report or (lambda k: None))
+                      records=records, progress=report or (lambda k: None), track_distance=track_distance)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         return records, time.perf_counter() - t0
@@ -181,37 +184,99 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
                           stepper=stepper, baseline_method=baseline_method, compile_note=compile_note,
                           loss_wstar=_loss_wstar(cfg, paired, baseline_const), plan=plan)
 
-    calibration: Calibration | None = None
-    run_cfg = cfg
+    scale = _precondition_scale(cfg, seq, probe, flat0) if AUTO in (cfg.epsilon, cfg.gamma) else 1.0
+
+    def at_epsilon(gcfg: SGLDConfig) -> LLCResult:
+        """The estimate at gcfg's (numeric) gamma: at its epsilon, or epsilon="auto" calibrated there."""
+        calibration: Calibration | None = None
+        run_cfg = gcfg
+        if gcfg.epsilon == AUTO:
+            pilot_cfg = replace(gcfg, epsilon=1.0, epsilon_hint=None)
+
+            def at(run_cfg: SGLDConfig, eps: float) -> SGLDConfig:
+                """run_cfg at eps, with the burn-in that step needs."""
+                return replace(run_cfg, epsilon=eps, num_burnin=burnin_for(run_cfg.num_burnin, eps * nbeta * scale))
+
+            def pilot(eps: float) -> PilotStats:
+                run = replace(at(pilot_cfg, eps), num_draws=pilot_draws(eps * nbeta * scale))
+                records, seconds = sample(run, None)
+                return _pilot_stats(summarize(records, run, seconds))
+
+            if gcfg.epsilon_hint is not None:
+                hinted = at(gcfg, float(gcfg.epsilon_hint))
+                records, seconds = sample(hinted, _progress(progress, hinted))
+                res = summarize(records, hinted, seconds)
+                calibration = carried(_pilot_stats(res), nbeta=nbeta, scale=scale)
+                if calibration is not None:
+                    calibration.num_burnin = hinted.num_burnin
+                    return _with_calibration(res, calibration)
+            calibration = calibrate(pilot, nbeta=nbeta, scale=scale)
+            run_cfg = at(gcfg, calibration.epsilon)
+            calibration.num_burnin = run_cfg.num_burnin
+        records, sampling_s = sample(run_cfg, _progress(progress, run_cfg))
+        if progress is not None:
+            progress(run_cfg.num_chains * run_cfg.num_steps, run_cfg.num_chains * run_cfg.num_steps)
+        res = summarize(records, run_cfg, sampling_s)
+        return _with_calibration(res, calibration) if calibration is not None else res
+
+    if cfg.gamma != AUTO:
+        return at_epsilon(cfg)
+    # gamma="auto": pilots at one step (the configured one, or with epsilon="auto" the epsilon grid's
+    # smallest, where discretization bias was within noise on every model tried), all with one seed.
+    # The run at the pick uses that step too: its pilot has just shown the traces pass there.
+    pilot_eps = float(cfg.epsilon) if cfg.epsilon != AUTO else PILOT_STEP / (nbeta * scale)
+    pilot_c = pilot_eps * nbeta * scale
+
+    def gamma_pilot(gamma: float) -> GammaPilot:
+        burn, draws = pilot_steps(cfg.num_burnin, pilot_c, gamma / nbeta)
+        run = replace(cfg, epsilon=pilot_eps, gamma=gamma, num_burnin=burn, num_draws=draws, epsilon_hint=None,
+                      gamma_hint=None)
+        records, seconds = sample(run, None, track_distance=True)
+        return _gamma_pilot(summarize(records, run, seconds), records)
+
+    def at_gamma(gamma: float, eps: float) -> LLCResult:
+        """The run at gamma and a numeric eps, with the burn-in the localization needs to relax there."""
+        c = eps * nbeta * scale
+        run = replace(cfg, gamma=gamma, epsilon=eps, epsilon_hint=None, gamma_hint=None,
+                      num_burnin=max(burnin_for(cfg.num_burnin, c), relax_steps(c, gamma / nbeta)))
+        return at_epsilon(run)
+
+    def scanned() -> LLCResult:
+        cal = calibrate_gamma(gamma_pilot, nbeta=nbeta, epsilon=pilot_eps,
+                              cost=lambda g: sum(pilot_steps(cfg.num_burnin, pilot_c, g)), max_steps=cfg.gamma_pilot_steps)
+        res = _with_gamma_calibration(at_gamma(cal.gamma, pilot_eps), cal)
+        if cfg.epsilon == AUTO:
+            pick = next(p for p in cal.points if p.pilot.gamma == cal.gamma)
+            res = _with_calibration(res, Calibration(
+                epsilon=pilot_eps, scale=scale, num_burnin=_burnin_of(res),
+                points=[CalibrationPoint(step=pilot_c, stats=pick.pilot.stats, usable=pick.usable, why=pick.why)],
+                reason=(f"gamma=auto: the gamma pilots ran at eps*nbeta*s = {pilot_c:g} (the epsilon grid's smallest step) "
+                        "and the picked gamma's pilot passed there")))
+        return res
+
+    if cfg.gamma_hint is None:
+        return scanned()
+    # A carried gamma (and, with epsilon="auto", a carried step or the pilots' one) is kept when this
+    # run's own traces pass; the distance is not tracked in a full run, so the loss traces judge.
+    hint_eps = pilot_eps if cfg.epsilon != AUTO or cfg.epsilon_hint is None else float(cfg.epsilon_hint)
+    res = at_gamma(float(cfg.gamma_hint), hint_eps)
+    kept = carried_gamma(GammaPilot(gamma=float(cfg.gamma_hint), stats=_pilot_stats(res),
+                                    llc_per_chain=tuple(res.llc_per_chain), dist_ratio=1.0),
+                         nbeta=nbeta, epsilon=hint_eps)
+    if kept is None:
+        return scanned()
+    res = _with_gamma_calibration(res, kept)
     if cfg.epsilon == AUTO:
-        scale = _precondition_scale(cfg, seq, probe, flat0)
-        pilot_cfg = replace(cfg, epsilon=1.0, epsilon_hint=None)
+        eps_kept = carried(_pilot_stats(res), nbeta=nbeta, scale=scale)
+        if eps_kept is not None:
+            eps_kept.num_burnin = _burnin_of(res)
+            res = _with_calibration(res, eps_kept)
+    return res
 
-        def at(run_cfg: SGLDConfig, eps: float) -> SGLDConfig:
-            """run_cfg at eps, with the burn-in that step needs."""
-            return replace(run_cfg, epsilon=eps, num_burnin=burnin_for(run_cfg.num_burnin, eps * nbeta * scale))
 
-        def pilot(eps: float) -> PilotStats:
-            run = replace(at(pilot_cfg, eps), num_draws=pilot_draws(eps * nbeta * scale))
-            records, seconds = sample(run, None)
-            return _pilot_stats(summarize(records, run, seconds))
-
-        if cfg.epsilon_hint is not None:
-            hinted = at(cfg, float(cfg.epsilon_hint))
-            records, seconds = sample(hinted, _progress(progress, hinted))
-            res = summarize(records, hinted, seconds)
-            calibration = carried(_pilot_stats(res), nbeta=nbeta, scale=scale)
-            if calibration is not None:
-                calibration.num_burnin = hinted.num_burnin
-                return _with_calibration(res, calibration)
-        calibration = calibrate(pilot, nbeta=nbeta, scale=scale)
-        run_cfg = at(cfg, calibration.epsilon)
-        calibration.num_burnin = run_cfg.num_burnin
-    records, sampling_s = sample(run_cfg, _progress(progress, run_cfg))
-    if progress is not None:
-        progress(run_cfg.num_chains * run_cfg.num_steps, run_cfg.num_chains * run_cfg.num_steps)
-    res = summarize(records, run_cfg, sampling_s)
-    return _with_calibration(res, calibration) if calibration is not None else res
+def _burnin_of(res: LLCResult) -> int:
+    """The burn-in steps per chain of a finished run (its steps minus its draws)."""
+    return int(res.diagnostics["num_burnin"])
 
 
 def _progress(progress: Callable[[int, int], None] | None, cfg: SGLDConfig) -> Callable[[int], None] | None:
@@ -268,11 +333,33 @@ def _pilot_stats(res: LLCResult) -> PilotStats:
                       chain_steps=int(d["chain_steps"]))
 
 
+def _gamma_pilot(res: LLCResult, records: ChainRecords) -> GammaPilot:
+    """A gamma pilot's stats, per-chain estimates and how far its chains moved between halves."""
+    ok = ~np.asarray(res.chain_diverged, dtype=bool)
+    dist = records.dist2[ok]
+    half = dist.shape[1] // 2
+    first, second = (float(np.nanmean(dist[:, :half])), float(np.nanmean(dist[:, half:]))) if dist.size and half else (math.nan, math.nan)
+    ratio = second / first if first > 0 else (1.0 if first == second == 0 else math.inf)
+    return GammaPilot(gamma=float(res.diagnostics["gamma"]), stats=_pilot_stats(res),
+                      llc_per_chain=tuple(float(x) for x in res.llc_per_chain), dist_ratio=ratio)
+
+
+def _with_gamma_calibration(res: LLCResult, calibration: GammaCalibration) -> LLCResult:
+    res.gamma_calibration = calibration.to_dict()
+    return _note_calibration(res, "gamma", calibration.gamma, calibration)
+
+
 def _with_calibration(res: LLCResult, calibration: Calibration) -> LLCResult:
     res.calibration = calibration.to_dict()
-    res.diagnostics["epsilon_carried"] = calibration.carried
-    res.diagnostics["calibration_chain_steps"] = calibration.pilot_chain_steps
-    res.notes["epsilon"] = f"auto: {calibration.epsilon:.3g} ({calibration.reason})"
+    return _note_calibration(res, "epsilon", calibration.epsilon, calibration)
+
+
+def _note_calibration(res: LLCResult, name: str, pick: float, calibration: Calibration | GammaCalibration) -> LLCResult:
+    """diagnostics {name}_carried and its pilots' cost (epsilon's keeps its older key), notes[name]."""
+    res.diagnostics[f"{name}_carried"] = calibration.carried
+    res.diagnostics["calibration_chain_steps" if name == "epsilon" else f"{name}_calibration_chain_steps"] = \
+        calibration.pilot_chain_steps
+    res.notes[name] = f"auto: {pick:.3g} ({calibration.reason})"
     return res
 
 
@@ -410,6 +497,8 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
         "chains_dropped": dropped,
         "partially_diverged": 0 < dropped < cfg.num_chains,
         "epsilon": float(cfg.epsilon),
+        "gamma": float(cfg.gamma),
+        "num_burnin": int(cfg.num_burnin),
         "chain_steps": int(rec.chain_steps),
         "frac_draws_below_init": float((good_loss < good_base).mean()) if good_loss.size else float("nan"),
         "mala_acceptance": float(np.mean(mala)) if mala else None,

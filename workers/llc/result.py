@@ -31,3 +31,4 @@ class LLCResult:
     notes: dict[str, str] = field(default_factory=dict)  # how it ran, in words: "baseline", "compile" (why eager)
     loss_wstar: float = float("nan")   # L_n(w*) (exact when notes["loss_wstar"] says so, else the mean paired baseline)
     calibration: dict[str, Any] | None = None   # epsilon="auto": the grid, per-step lambda_hat, the pick and why
+    gamma_calibration: dict[str, Any] | None = None   # gamma="auto": the same for the localization strength

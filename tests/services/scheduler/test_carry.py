@@ -1,9 +1,9 @@
-"""epsilon=auto picks are carried to later jobs of the same sweep and setting, nowhere else."""
+"""epsilon=auto and gamma=auto picks are carried to later jobs of the same sweep and setting, nowhere else."""
 from __future__ import annotations
 
 from workers.job import DatasetSpec, JobSpec, SamplerSpec
 
-from services.scheduler.carry import EpsilonCarry
+from services.scheduler.carry import CalibrationCarry
 
 AUTO = dict(epsilon="auto", gamma=100.0, nbeta=None, num_chains=2, num_draws=10, num_burnin=0, batch_size=8)
 
@@ -18,7 +18,7 @@ def _result(eps: float, *, carried: bool = False) -> dict:
 
 
 def test_a_calibrated_pick_is_handed_to_later_jobs_of_the_same_setting_only() -> None:
-    carry = EpsilonCarry()
+    carry = CalibrationCarry()
     assert carry.apply(_spec(), (1,), AUTO).epsilon_hint is None
     carry.observe((1,), AUTO, _result(3e-5))
     assert carry.apply(_spec(), (1,), AUTO).epsilon_hint == 3e-5
@@ -33,7 +33,19 @@ def test_a_calibrated_pick_is_handed_to_later_jobs_of_the_same_setting_only() ->
 
 def test_fixed_epsilon_jobs_are_left_alone() -> None:
     fixed = dict(AUTO, epsilon=1e-4)
-    carry = EpsilonCarry()
+    carry = CalibrationCarry()
     carry.observe((1,), fixed, _result(3e-5))
     assert carry.hint((1,), fixed) is None
     assert carry.apply(_spec(epsilon=1e-4), (1,), fixed).epsilon_hint is None
+
+
+def test_a_gamma_pick_is_carried_alongside_the_epsilon_pick() -> None:
+    both = dict(AUTO, gamma="auto")
+    carry = CalibrationCarry()
+    carry.observe((1,), both, {"extra": {"calibration": {"epsilon": 2e-5, "carried": False},
+                                         "gamma_calibration": {"gamma": 12.0, "carried": False}}})
+    spec = carry.apply(_spec(gamma="auto"), (1,), both)
+    assert (spec.epsilon_hint, spec.gamma_hint) == (2e-5, 12.0)
+    carry.observe((1,), both, {"extra": {"gamma_calibration": {"gamma": 3.0, "carried": True}}})   # carried: nothing new
+    assert carry.hint((1,), both, "gamma") == 12.0
+    assert carry.apply(_spec(), (1,), AUTO).gamma_hint is None                      # a fixed-gamma setting

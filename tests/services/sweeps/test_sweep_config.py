@@ -93,3 +93,13 @@ def test_epsilon_auto_and_rmsprop_sgld_are_accepted() -> None:
         load_config(["sampler.epsilon=[fast]"])
     with pytest.raises(ConfigError, match="sampler.method must be sgld or rmsprop_sgld"):
         load_config(["sampler.method=adam"])
+
+
+def test_gamma_auto_is_accepted_alone_or_in_the_list() -> None:
+    cfg = load_config(["sampler.gamma=auto", "sampler.epsilon=auto"])
+    (point,) = sampler_points(cfg.sampler)
+    assert point["gamma"] == "auto" and point["epsilon"] == "auto"
+    mixed = load_config(["sampler.gamma=[auto,100]", "sampler.epsilon=auto"])
+    assert [p["gamma"] for p in sampler_points(mixed.sampler)] == ["auto", 100]
+    with pytest.raises(ConfigError, match="sampler.gamma values must be positive numbers or auto"):
+        load_config(["sampler.gamma=[strong]"])

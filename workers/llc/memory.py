@@ -40,12 +40,23 @@ class MemoryEstimate:
     sampled: int                # sampled entries, in the master dtype (one copy)
     activations_per_item: int   # saved for backward, one chain, one batch item
     largest_per_item: int       # the largest single saved tensor per item (logits, usually)
+    # One chain at a time can run in place (steppers.InPlaceStepper: the chain is the model's own
+    # parameters, micro-batches add into the same gradient): state is then w* and the gradient.
+    in_place: bool = False
+    # The CPU update draws noise in chunks (sgld.SGLDStep.apply_in_chunks): no noise buffer.
+    chunked_noise: bool = False
 
     def peak(self, *, chains: int, batch: int, accumulate: bool = False) -> int:
         """Peak bytes with `chains` chains stepping together on micro-batches of `batch` items
-        (accumulate: gradients summed over micro-batches, one more copy per chain)."""
-        copies = _STATE_COPIES_ONE_CHAIN if chains == 1 else _STATE_COPIES_PER_CHAIN * chains
-        state = self.sampled * (1 + copies + (chains if accumulate else 0))
+        (accumulate: gradients summed over micro-batches, one more copy per chain unless in place)."""
+        if chains == 1 and self.in_place:
+            copies = 1                          # the gradient (the chain is the weights)
+        elif chains == 1:
+            copies = _STATE_COPIES_ONE_CHAIN - (1 if self.chunked_noise else 0)
+        else:
+            copies = (_STATE_COPIES_PER_CHAIN - (1 if self.chunked_noise else 0)) * chains
+        extra = chains if accumulate and not (chains == 1 and self.in_place) else 0
+        state = self.sampled * (1 + copies + extra)
         acts = chains * batch * (self.activations_per_item + _LARGEST_COPIES * self.largest_per_item)
         return self.weights + state + acts
 

@@ -112,7 +112,7 @@ def ours(root: Path, shape: str, component: str, chains: int, draws: int, thread
     before = rss()
     res = run_job(spec)
     d = res.diagnostics
-    return {"wall_s": d["wall_time_s"], "job_s": res.wall_time_s, "steps": chains * draws,
+    return {"wall_s": d["wall_time_s"], "cpu_s": d["cpu_time_s"], "job_s": res.wall_time_s, "steps": chains * draws,
             "sampling_s": d["sampling_time_s"], "compile_s": d.get("compile_time_s", 0.0),
             "llc_mean": res.llc_mean, "llc_std": res.llc_std, "peak": peak_rss() - before,
             "estimate": d.get("memory_estimate_bytes"), "path": res.extra["path"], "compiled": d.get("compiled"),
@@ -135,15 +135,15 @@ def devinterp(root: Path, shape: str, component: str, chains: int, draws: int, t
     model = AutoModelForCausalLM.from_pretrained(root / "objects" / f"pythia-{shape}" / f"step{STEP}",
                                                  dtype=torch.float32, use_safetensors=True).eval()
     masks = None if component == "all" else create_param_masks(model, component)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = llc(model, ds, {}, lr=EPS, n_beta=NBETA, localization=GAMMA, param_masks=masks, num_chains=chains,
               num_draws=draws, batch_size=BATCH, num_burnin_steps=0, num_init_loss_batches=INIT_BATCHES, device="cpu",
               output_path=str(root / f"devinterp-{time.time_ns()}.zarr"))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     per_chain = [float(v) for v in out["llc_per_chain"].values]
     mean = sum(per_chain) / len(per_chain)
     std = (sum((v - mean) ** 2 for v in per_chain) / max(1, len(per_chain) - 1)) ** 0.5
-    return {"wall_s": wall, "steps": chains * draws, "llc_mean": mean, "llc_std": std, "peak": peak_rss() - before}
+    return {"wall_s": wall, "cpu_s": cpu, "steps": chains * draws, "llc_mean": mean, "llc_std": std, "peak": peak_rss() - before}
 
 
 def reference(root: Path, shape: str, threads: int) -> dict:

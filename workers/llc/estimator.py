@@ -120,7 +120,7 @@ def estimate_llc(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, config:
 def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDConfig, dev: torch.device, n: int,
               chosen: list[tuple[str, torch.Tensor, torch.Tensor | None]], nbeta: float,
               progress: Callable[[int, int], None] | None, cleanup: list[Callable[[], None]]) -> LLCResult:
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     module = LossModule(model, loss_fn)
     star: dict[str, torch.Tensor] = {f"model.{k}": v.detach().to(dev) for k, v in model.named_parameters()}
     star.update({f"model.{k}": v.detach().to(dev) for k, v in model.named_buffers()})
@@ -206,7 +206,8 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     def summarize(records: ChainRecords, run_cfg: SGLDConfig, sampling_s: float) -> LLCResult:
         return _summarize(records, cfg=run_cfg, nbeta=nbeta, n=n, baseline_const=baseline_const, path=stepper.path,
                           fallback_reason=fallback_reason, sampling_s=sampling_s,
-                          wall_s=time.perf_counter() - started, num_sampled=layout.numel, device=str(dev),
+                          wall_s=time.perf_counter() - started, cpu_s=time.process_time() - cpu_started,
+                          num_sampled=layout.numel, device=str(dev),
                           stepper=stepper, baseline_method=baseline_method, compile_note=compile_note,
                           loss_wstar=_loss_wstar(cfg, paired, baseline_const), plan=plan)
 
@@ -409,7 +410,7 @@ def _step_flops(seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor
 
 
 def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, baseline_const: float | None,
-               path: str, fallback_reason: str | None, sampling_s: float, wall_s: float, num_sampled: int,
+               path: str, fallback_reason: str | None, sampling_s: float, wall_s: float, cpu_s: float, num_sampled: int,
                device: str, stepper: Any, baseline_method: str, compile_note: str | None,
                loss_wstar: tuple[float, str], plan: MemoryPlan) -> LLCResult:
     base = rec.baseline if baseline_const is None else np.full_like(rec.loss, baseline_const)
@@ -446,6 +447,7 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
         "steps_per_second": rec.chain_steps / sampling_s if sampling_s > 0 else float("nan"),
         "sampling_time_s": sampling_s,
         "wall_time_s": wall_s,
+        "cpu_time_s": cpu_s,         # this process's CPU seconds (all threads): less sensitive to a busy machine
         "vectorized": path == "vectorized",
         "num_sampled_params": int(num_sampled),
         "compiled": bool(stepper.compiled),

@@ -11,7 +11,8 @@ runs in a fresh subprocess (peak memory = peak RSS minus RSS before the model lo
 - reference: the model's weights plus one forward+backward of the batch (weights + activations).
 Equal work: chains × draws SGLD steps, no burn-in, batch 4 × 128 tokens, the same ε, γ, nβ; our
 baseline is INIT_BATCHES batches at w* like devinterp's init loss (`num_init_loss_batches`). Per chain-step time is
-the estimate's wall time (setup, baselines and probes included) over chains × steps.
+the estimate's wall time (setup, baselines and probes included) over chains × steps; the same in
+process CPU seconds, which a busy shared machine distorts far less than wall time.
 """
 from __future__ import annotations
 
@@ -211,7 +212,7 @@ def main() -> None:
                     f"(plan estimate {o['estimate'] / gib:.3f}, {o['path']}, micro {o['micro']:.0f}) "
                     f"= {o['peak'] / ref['peak']:.2f}x weights+acts  llc {o['llc_mean']:.2f} +- {o['llc_std']:.2f}")
             print(line, flush=True)
-            print(f"        sampling alone {o['sampling_s'] / o['steps']:.3f} s/chain-step"
+            print(f"        sampling alone {o['sampling_s'] / o['steps']:.3f} s/chain-step, CPU {o['cpu_s'] / o['steps']:.3f} s/chain-step"
                   f"{', compiled (compile ' + format(o['compile_s'], '.0f') + ' s)' if o['compiled'] else ''}", flush=True)
             if args.skip_devinterp:
                 continue
@@ -219,6 +220,8 @@ def main() -> None:
             print(f"  {comp:<5} devinterp {d['wall_s'] / d['steps']:7.3f} s/chain-step  peak {d['peak'] / gib:6.3f} GiB "
                   f"= {d['peak'] / ref['peak']:.2f}x weights+acts  llc {d['llc_mean']:.2f} +- {d['llc_std']:.2f}   "
                   f"speed ours/devinterp x{(d['wall_s'] / d['steps']) / (o['wall_s'] / o['steps']):.2f}", flush=True)
+            print(f"        devinterp CPU {d['cpu_s'] / d['steps']:.3f} s/chain-step: CPU-time ratio "
+                  f"x{d['cpu_s'] / o['cpu_s']:.2f} (less sensitive to a shared machine's load)", flush=True)
     print(f"load after: {os.getloadavg()}")
 
 

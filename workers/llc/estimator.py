@@ -149,11 +149,12 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     with torch.no_grad():
         probe_loss = _check_loss(seq._call(layout.split(flat0), probe), "on the first batch")
         _refuse_sum_loss(seq, source, layout.split(flat0), probe_loss, cfg.batch_size)
-    plan = _memory_plan(cfg, seq, source, flat0, star, dev, in_place=chain_buf is not None and cfg.compile is not True)
-    seq._grad_buf = None          # the probe's gradient buffer: the chains allocate their own
-    # FLOPs per chain-step steer two CPU choices: sequential vs vmapped chains, and auto-compile.
+    # FLOPs per chain-step steer two CPU choices: sequential vs vmapped chains, and auto-compile;
+    # they are counted on the memory plan's probe (a probe of its own cost a gradient copy).
     wants_flops = dev.type == "cpu" and (cfg.compile is None or (cfg.vectorize is None and cfg.num_chains > 1))
-    flops = _step_flops(seq, source, flat0, cfg.batch_size) if wants_flops else None
+    plan, flops = _memory_plan(cfg, seq, source, flat0, star, dev, in_place=chain_buf is not None and cfg.compile is not True,
+                               count_flops=wants_flops, sampled=sampled_params)
+    seq._grad_buf = None          # the probe's gradient buffer: the chains allocate their own
     compile_steps, compile_note = _want_compile(cfg, dev, flops)
     if compile_steps and cfg.compile is None and plan.estimate.in_place and plan.chains_per_group == 1 and \
             replace(plan.estimate, in_place=False).peak(chains=1, batch=cfg.batch_size // plan.micro_batches,
@@ -316,20 +317,40 @@ def _loss_wstar(cfg: SGLDConfig, paired: Any, baseline_const: float | None) -> t
 
 
 def _memory_plan(cfg: SGLDConfig, seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor,
-                 star: dict[str, torch.Tensor], dev: torch.device, *, in_place: bool) -> MemoryPlan:
+                 star: dict[str, torch.Tensor], dev: torch.device, *, in_place: bool,
+                 count_flops: bool, sampled: list[torch.Tensor]) -> tuple[MemoryPlan, float | None]:
     """Fit the chains into cfg.memory_bytes (weights included) or the memory free now (plus the
-    weights, already resident): activations measured on a one-item forward+backward."""
+    weights, already resident): activations measured on a one-item forward+backward, which also
+    counts one chain-step's FLOPs when asked (torch's counter, scaled to the batch: a transformer's
+    FLOPs are linear in it; None if it cannot count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in star.values()}
     weights = sum(storages.values())
     one = source.gather(torch.arange(1))
-    acts, largest = measure_activations(lambda: seq.loss_and_grad(flat0.unsqueeze(0), one),
-                                        exclude=[flat0, *star.values()])
+    counter = FlopCounterMode(display=False) if count_flops else None
+
+    def probe() -> Any:
+        if counter is None:
+            return seq.loss_and_grad(flat0.unsqueeze(0), one)
+        with counter:
+            return seq.loss_and_grad(flat0.unsqueeze(0), one)
+
+    try:
+        acts, largest = measure_activations(probe, exclude=[flat0, *star.values()])
+    except RuntimeError:
+        if counter is None:
+            raise
+        counter = None
+        acts, largest = measure_activations(probe, exclude=[flat0, *star.values()])
+    flops = float(counter.get_total_flops()) * cfg.batch_size if counter is not None else None
     est = MemoryEstimate(weights=weights, sampled=flat0.numel() * flat0.element_size(),
                          activations_per_item=acts, largest_per_item=largest, in_place=in_place,
+                         largest_param=max(t.numel() * t.element_size() for t in sampled),
                          chunked_noise=dev.type == "cpu" and cfg.method == "sgld" and not cfg.mala)
     budget = cfg.memory_bytes if cfg.memory_bytes is not None else free_memory(dev) + weights
     return plan_memory(est, num_chains=cfg.num_chains, batch_size=cfg.batch_size, budget=budget,
-                       vectorize=cfg.vectorize)
+                       vectorize=cfg.vectorize), flops
 
 
 def _layout(chosen: list[tuple[str, torch.Tensor, torch.Tensor | None]], star: dict[str, torch.Tensor],
@@ -392,21 +413,6 @@ def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStep
             torch.cuda.empty_cache()
         return seq, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
     return vec, None
-
-
-def _step_flops(seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor, batch_size: int) -> float | None:
-    """FLOPs of one chain's forward+backward on a batch (torch's own counter; None if it cannot count),
-    counted on one item and scaled: a transformer's FLOPs are linear in the batch, and a full-batch
-    probe of a large model costs as much as a chain-step."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = flat0.detach().requires_grad_(True)
-    try:
-        with FlopCounterMode(display=False) as counter, torch.enable_grad():   # eager, never the compiled step
-            torch.autograd.grad(seq._call(seq.layout.split(x), source.gather(torch.arange(1))).float(), x)
-    except RuntimeError:
-        return None
-    return float(counter.get_total_flops()) * batch_size
 
 
 def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, baseline_const: float | None,

@@ -1,9 +1,10 @@
 """Loss and gradient of a group of chains' flat parameter vectors.
 
 Sampled parameters live in one flat (chains, D) tensor so the SGLD update is a few fused
-whole-tensor ops; the model itself is never written to: torch.func.functional_call swaps
-in views of the flat tensor for the sampled parameters and detached w* tensors for the
-frozen ones. VectorizedStepper runs all chains as one vmapped forward with one backward
+whole-tensor ops; torch.func.functional_call swaps in views of the flat tensor for the
+sampled parameters and detached w* tensors for the frozen ones. InPlaceStepper (one chain,
+whole tensors) instead makes the model's own parameters views of the flat state, saving
+the chain's copy of the weights; the estimator puts the model back at w* afterwards. VectorizedStepper runs all chains as one vmapped forward with one backward
 (chains are independent, so d(sum of losses)/d(chain c) is chain c's gradient);
 SequentialStepper runs one chain with plain autograd, for models vmap cannot trace or
 that do not fit C times in memory. With compile=True the loss (forward, and through

@@ -11,7 +11,8 @@ runs in a fresh subprocess (peak memory = peak RSS minus RSS before the model lo
 - reference: the model's weights plus one forward+backward of the batch (weights + activations).
 Equal work: chains × draws SGLD steps, no burn-in, batch 4 × 128 tokens, the same ε, γ, nβ; our
 baseline is INIT_BATCHES batches at w* like devinterp's init loss (`num_init_loss_batches`). Per chain-step time is
-the estimate's wall time (setup, baselines and probes included) over chains × steps.
+the estimate's wall time (setup, baselines and probes included) over chains × steps; the same in
+process CPU seconds, which a busy shared machine distorts far less than wall time.
 """
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ def ours(root: Path, shape: str, component: str, chains: int, draws: int, thread
     before = rss()
     res = run_job(spec)
     d = res.diagnostics
-    return {"wall_s": d["wall_time_s"], "job_s": res.wall_time_s, "steps": chains * draws,
+    return {"wall_s": d["wall_time_s"], "cpu_s": d["cpu_time_s"], "job_s": res.wall_time_s, "steps": chains * draws,
             "sampling_s": d["sampling_time_s"], "compile_s": d.get("compile_time_s", 0.0),
             "llc_mean": res.llc_mean, "llc_std": res.llc_std, "peak": peak_rss() - before,
             "estimate": d.get("memory_estimate_bytes"), "path": res.extra["path"], "compiled": d.get("compiled"),
@@ -135,15 +136,15 @@ def devinterp(root: Path, shape: str, component: str, chains: int, draws: int, t
     model = AutoModelForCausalLM.from_pretrained(root / "objects" / f"pythia-{shape}" / f"step{STEP}",
                                                  dtype=torch.float32, use_safetensors=True).eval()
     masks = None if component == "all" else create_param_masks(model, component)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = llc(model, ds, {}, lr=EPS, n_beta=NBETA, localization=GAMMA, param_masks=masks, num_chains=chains,
               num_draws=draws, batch_size=BATCH, num_burnin_steps=0, num_init_loss_batches=INIT_BATCHES, device="cpu",
               output_path=str(root / f"devinterp-{time.time_ns()}.zarr"))
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     per_chain = [float(v) for v in out["llc_per_chain"].values]
     mean = sum(per_chain) / len(per_chain)
     std = (sum((v - mean) ** 2 for v in per_chain) / max(1, len(per_chain) - 1)) ** 0.5
-    return {"wall_s": wall, "steps": chains * draws, "llc_mean": mean, "llc_std": std, "peak": peak_rss() - before}
+    return {"wall_s": wall, "cpu_s": cpu, "steps": chains * draws, "llc_mean": mean, "llc_std": std, "peak": peak_rss() - before}
 
 
 def reference(root: Path, shape: str, threads: int) -> dict:
@@ -211,7 +212,7 @@ def main() -> None:
                     f"(plan estimate {o['estimate'] / gib:.3f}, {o['path']}, micro {o['micro']:.0f}) "
                     f"= {o['peak'] / ref['peak']:.2f}x weights+acts  llc {o['llc_mean']:.2f} +- {o['llc_std']:.2f}")
             print(line, flush=True)
-            print(f"        sampling alone {o['sampling_s'] / o['steps']:.3f} s/chain-step"
+            print(f"        sampling alone {o['sampling_s'] / o['steps']:.3f} s/chain-step, CPU {o['cpu_s'] / o['steps']:.3f} s/chain-step"
                   f"{', compiled (compile ' + format(o['compile_s'], '.0f') + ' s)' if o['compiled'] else ''}", flush=True)
             if args.skip_devinterp:
                 continue
@@ -219,6 +220,8 @@ def main() -> None:
             print(f"  {comp:<5} devinterp {d['wall_s'] / d['steps']:7.3f} s/chain-step  peak {d['peak'] / gib:6.3f} GiB "
                   f"= {d['peak'] / ref['peak']:.2f}x weights+acts  llc {d['llc_mean']:.2f} +- {d['llc_std']:.2f}   "
                   f"speed ours/devinterp x{(d['wall_s'] / d['steps']) / (o['wall_s'] / o['steps']):.2f}", flush=True)
+            print(f"        devinterp CPU {d['cpu_s'] / d['steps']:.3f} s/chain-step: CPU-time ratio "
+                  f"x{d['cpu_s'] / o['cpu_s']:.2f} (less sensitive to a shared machine's load)", flush=True)
     print(f"load after: {os.getloadavg()}")
 
 

@@ -58,6 +58,8 @@ class ChainRecords:
 _CHECK_EVERY = 16
 # Columns of w - w* formed at a time in the SGLD drift (sgld.SGLDStep.drift's scratch).
 _OFFSET_CHUNK = 1 << 20
+# Columns per chunk of the CPU update (sgld.SGLDStep.apply_in_chunks): small enough to stay in cache.
+_NOISE_CHUNK = 1 << 16
 
 
 def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: list[IndexStream],
@@ -79,7 +81,7 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
     strs = list(streams)
     rows = list(range(group))                      # group rows still stepping
     rows_t: torch.Tensor | None = None             # the same as a device tensor (None: all rows)
-    flat = flat0.unsqueeze(0).repeat(group, 1)
+    flat = stepper.chain_start(flat0, group)
     # float64 models keep float64 losses; everything else records float32.
     trace = torch.full((group, total), float("nan"), device=dev,
                        dtype=torch.float64 if flat0.dtype == torch.float64 else torch.float32)
@@ -90,6 +92,8 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
     baselines = _PairedBaselines(paired, source, chains, chunk=16 * group) if paired is not None else None
     init: torch.Tensor | None = None
     buffers: tuple[torch.Tensor, torch.Tensor] | None = None   # (noise, offset chunk), reused across steps
+    # Plain SGLD on CPU draws noise and updates _NOISE_CHUNK columns at a time (no noise buffer).
+    in_chunks = dev.type == "cpu" and step.method == "sgld" and mala_acc is None
     checked = 0
     to_device = source.indexes_on_device and dev.type != "cpu"
     for t in range(total):
@@ -157,6 +161,11 @@ def run_group(*, stepper: Any, source: BatchSource, chains: list[int], streams: 
         with torch.no_grad():
             # Buffers reused across steps: a fresh (chains, D) tensor per step costs page faults
             # comparable to the update itself on a 70M-parameter model.
+            if in_chunks:
+                if buffers is None or buffers[1].shape[0] != flat.shape[0]:
+                    buffers = (flat.new_empty(0), flat.new_empty(flat.shape[0], 2 * _NOISE_CHUNK))
+                step.apply_in_chunks(flat, flat0, grad, gens, chunk=_NOISE_CHUNK, scratch=buffers[1])
+                continue
             if buffers is None or buffers[0].shape != flat.shape:
                 buffers = (torch.empty_like(flat), flat.new_empty(flat.shape[0], min(flat.shape[1], _OFFSET_CHUNK)))
             noise = buffers[0]

@@ -30,7 +30,8 @@ from .diagnostics import drift_z, ess_bulk, ess_tail, r_hat_bulk, r_hat_tail
 from .memory import MemoryEstimate, MemoryPlan, free_memory, measure_activations, plan_memory
 from .result import LLCResult
 from .sgld import SGLDStep
-from .steppers import LossFn, LossModule, ParamLayout, SequentialStepper, VectorizedStepper
+from .steppers import (InPlaceStepper, LossFn, LossModule, ParamLayout, SequentialStepper, VectorizedStepper,
+                       adopt_parameters)
 
 # On CPU, above this many FLOPs per chain-step the work is compute-bound and vmapped
 # (batched) kernels ran slower than one chain at a time (benchmarks/estimator.py (b):
@@ -93,7 +94,9 @@ def estimate_llc(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, config:
     """Estimate the local learning coefficient of `model` at its current weights w*.
 
     loss_fn(model, batch) -> mean loss (scalar tensor), batch = default collate of items.
-    The model is left unchanged (it is run in eval mode and its mode restored).
+    The model is left unchanged (it is run in eval mode and its mode restored; its parameters'
+    values, requires_grad and .grad are restored, though sampled parameters may end up as views
+    of one flat buffer: one chain at a time runs in the model's own parameters, InPlaceStepper).
     progress(done_chain_steps, total_chain_steps) is called after every step.
     """
     cfg = config or SGLDConfig()
@@ -106,16 +109,20 @@ def estimate_llc(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, config:
 
     was_training = model.training
     model.eval()
+    cleanup: list[Callable[[], None]] = []
     try:
-        return _estimate(model, loss_fn, dataset, cfg=cfg, dev=dev, n=n, chosen=chosen, nbeta=nbeta, progress=progress)
+        return _estimate(model, loss_fn, dataset, cfg=cfg, dev=dev, n=n, chosen=chosen, nbeta=nbeta, progress=progress,
+                         cleanup=cleanup)
     finally:
+        for undo in cleanup:
+            undo()
         model.train(was_training)
 
 
 def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDConfig, dev: torch.device, n: int,
               chosen: list[tuple[str, torch.Tensor, torch.Tensor | None]], nbeta: float,
-              progress: Callable[[int, int], None] | None) -> LLCResult:
-    started = time.perf_counter()
+              progress: Callable[[int, int], None] | None, cleanup: list[Callable[[], None]]) -> LLCResult:
+    started, cpu_started = time.perf_counter(), time.process_time()
     module = LossModule(model, loss_fn)
     star: dict[str, torch.Tensor] = {f"model.{k}": v.detach().to(dev) for k, v in model.named_parameters()}
     star.update({f"model.{k}": v.detach().to(dev) for k, v in model.named_buffers()})
@@ -129,17 +136,32 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     probe = source.gather(torch.arange(cfg.batch_size))
     native = all(t is not None and v.data_ptr() == t.data_ptr() for k, v in star.items()
                  for t in [dict(module.named_parameters(remove_duplicate=False)).get(k, dict(module.named_buffers()).get(k))])
+    # Whole fp32/fp64 tensors of a model on the device: its parameters become views of one flat
+    # buffer (no extra copy: the old storages are freed), which one chain at a time can use as its
+    # state (InPlaceStepper); w* is flat0 from here on.
+    sampled_params = [p for _, p, _ in chosen]
+    chain_buf: torch.Tensor | None = None
+    if native and all(i is None for i in layout.index) and all(d == layout.dtype for d in layout.dtypes):
+        star.update(layout.split(flat0))
+        chain_buf = adopt_parameters(sampled_params, flat0, list(layout.sizes))
+        native = False
     common = dict(module=module, layout=layout, frozen=frozen, star=star, device=dev,
                   star_is_native=native, compile=False)
     seq = SequentialStepper(**common)
     with torch.no_grad():
         probe_loss = _check_loss(seq._call(layout.split(flat0), probe), "on the first batch")
         _refuse_sum_loss(seq, source, layout.split(flat0), probe_loss, cfg.batch_size)
-    plan = _memory_plan(cfg, seq, source, flat0, star, dev)
-    # FLOPs per chain-step steer two CPU choices: sequential vs vmapped chains, and auto-compile.
+    # FLOPs per chain-step steer two CPU choices: sequential vs vmapped chains, and auto-compile;
+    # they are counted on the memory plan's probe (a probe of its own cost a gradient copy).
     wants_flops = dev.type == "cpu" and (cfg.compile is None or (cfg.vectorize is None and cfg.num_chains > 1))
-    flops = _step_flops(seq, source, flat0, cfg.batch_size) if wants_flops else None
+    plan, flops = _memory_plan(cfg, seq, source, flat0, star, dev, in_place=chain_buf is not None and cfg.compile is not True,
+                               count_flops=wants_flops, sampled=sampled_params)
+    seq._grad_buf = None          # the probe's gradient buffer: the chains allocate their own
     compile_steps, compile_note = _want_compile(cfg, dev, flops)
+    if compile_steps and cfg.compile is None and plan.estimate.in_place and plan.chains_per_group == 1 and \
+            replace(plan.estimate, in_place=False).peak(chains=1, batch=cfg.batch_size // plan.micro_batches,
+                                                       accumulate=plan.micro_batches > 1) > plan.budget_bytes:
+        compile_steps, compile_note = False, "not compiled: only the in-place eager chain fits the memory budget"
     if compile_steps:
         common["compile"] = True
         seq.enable_compile()
@@ -148,6 +170,12 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     if stepper.path == "sequential" and plan.chains_per_group > 1:      # one chain at a time needs less
         plan = plan_memory(plan.estimate, num_chains=cfg.num_chains, batch_size=cfg.batch_size,
                            budget=plan.budget_bytes, vectorize=False)
+    if stepper is seq and not seq.compiled and chain_buf is not None:
+        stepper = InPlaceStepper(chain=chain_buf, params=sampled_params, micro_batches=plan.micro_batches, **common)
+        cleanup.append(lambda: stepper.release(flat0))
+    elif plan.estimate.in_place and plan.chains_per_group == 1:   # counted on an in-place chain not used (compiled)
+        plan = plan_memory(replace(plan.estimate, in_place=False), num_chains=cfg.num_chains,
+                           batch_size=cfg.batch_size, budget=plan.budget_bytes, vectorize=False)
     baseline_const = constant_baseline(cfg, seq, source, n)
     paired: Any | None = None
     baseline_method = "constant"
@@ -168,7 +196,9 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
         t0 = time.perf_counter()
         size = plan.chains_per_group if stepper.path == "vectorized" else 1
         groups = [list(range(c, min(c + size, run_cfg.num_chains))) for c in range(0, run_cfg.num_chains, size)]
-        steps_by = AccumulatingStepper(stepper, plan.micro_batches) if plan.micro_batches > 1 else stepper
+        # The in-place chain accumulates micro-batches into its own gradient buffer.
+        accumulate = plan.micro_batches > 1 and not isinstance(stepper, InPlaceStepper)
+        steps_by = AccumulatingStepper(stepper, plan.micro_batches) if accumulate else stepper
         for g in groups:
             run_group(stepper=steps_by, source=source, chains=g, streams=[streams[c] for c in g],
                       noise_gens=[noise[c] for c in g], flat0=flat0, cfg=run_cfg, step=step, paired=paired,
@@ -180,7 +210,8 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     def summarize(records: ChainRecords, run_cfg: SGLDConfig, sampling_s: float) -> LLCResult:
         return _summarize(records, cfg=run_cfg, nbeta=nbeta, n=n, baseline_const=baseline_const, path=stepper.path,
                           fallback_reason=fallback_reason, sampling_s=sampling_s,
-                          wall_s=time.perf_counter() - started, num_sampled=layout.numel, device=str(dev),
+                          wall_s=time.perf_counter() - started, cpu_s=time.process_time() - cpu_started,
+                          num_sampled=layout.numel, device=str(dev),
                           stepper=stepper, baseline_method=baseline_method, compile_note=compile_note,
                           loss_wstar=_loss_wstar(cfg, paired, baseline_const), plan=plan)
 
@@ -373,19 +404,40 @@ def _loss_wstar(cfg: SGLDConfig, paired: Any, baseline_const: float | None) -> t
 
 
 def _memory_plan(cfg: SGLDConfig, seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor,
-                 star: dict[str, torch.Tensor], dev: torch.device) -> MemoryPlan:
+                 star: dict[str, torch.Tensor], dev: torch.device, *, in_place: bool,
+                 count_flops: bool, sampled: list[torch.Tensor]) -> tuple[MemoryPlan, float | None]:
     """Fit the chains into cfg.memory_bytes (weights included) or the memory free now (plus the
-    weights, already resident): activations measured on a one-item forward+backward."""
+    weights, already resident): activations measured on a one-item forward+backward, which also
+    counts one chain-step's FLOPs when asked (torch's counter, scaled to the batch: a transformer's
+    FLOPs are linear in it; None if it cannot count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in star.values()}
     weights = sum(storages.values())
     one = source.gather(torch.arange(1))
-    acts, largest = measure_activations(lambda: seq.loss_and_grad(flat0.unsqueeze(0), one),
-                                        exclude=[flat0, *star.values()])
+    counter = FlopCounterMode(display=False) if count_flops else None
+
+    def probe() -> Any:
+        if counter is None:
+            return seq.loss_and_grad(flat0.unsqueeze(0), one)
+        with counter:
+            return seq.loss_and_grad(flat0.unsqueeze(0), one)
+
+    try:
+        acts, largest = measure_activations(probe, exclude=[flat0, *star.values()])
+    except RuntimeError:
+        if counter is None:
+            raise
+        counter = None
+        acts, largest = measure_activations(probe, exclude=[flat0, *star.values()])
+    flops = float(counter.get_total_flops()) * cfg.batch_size if counter is not None else None
     est = MemoryEstimate(weights=weights, sampled=flat0.numel() * flat0.element_size(),
-                         activations_per_item=acts, largest_per_item=largest)
+                         activations_per_item=acts, largest_per_item=largest, in_place=in_place,
+                         largest_param=max(t.numel() * t.element_size() for t in sampled),
+                         chunked_noise=dev.type == "cpu" and cfg.method == "sgld" and not cfg.mala)
     budget = cfg.memory_bytes if cfg.memory_bytes is not None else free_memory(dev) + weights
     return plan_memory(est, num_chains=cfg.num_chains, batch_size=cfg.batch_size, budget=budget,
-                       vectorize=cfg.vectorize)
+                       vectorize=cfg.vectorize), flops
 
 
 def _layout(chosen: list[tuple[str, torch.Tensor, torch.Tensor | None]], star: dict[str, torch.Tensor],
@@ -450,23 +502,8 @@ def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStep
     return vec, None
 
 
-def _step_flops(seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor, batch_size: int) -> float | None:
-    """FLOPs of one chain's forward+backward on a batch (torch's own counter; None if it cannot count),
-    counted on one item and scaled: a transformer's FLOPs are linear in the batch, and a full-batch
-    probe of a large model costs as much as a chain-step."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = flat0.detach().requires_grad_(True)
-    try:
-        with FlopCounterMode(display=False) as counter, torch.enable_grad():   # eager, never the compiled step
-            torch.autograd.grad(seq._call(seq.layout.split(x), source.gather(torch.arange(1))).float(), x)
-    except RuntimeError:
-        return None
-    return float(counter.get_total_flops()) * batch_size
-
-
 def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, baseline_const: float | None,
-               path: str, fallback_reason: str | None, sampling_s: float, wall_s: float, num_sampled: int,
+               path: str, fallback_reason: str | None, sampling_s: float, wall_s: float, cpu_s: float, num_sampled: int,
                device: str, stepper: Any, baseline_method: str, compile_note: str | None,
                loss_wstar: tuple[float, str], plan: MemoryPlan) -> LLCResult:
     base = rec.baseline if baseline_const is None else np.full_like(rec.loss, baseline_const)
@@ -505,6 +542,7 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
         "steps_per_second": rec.chain_steps / sampling_s if sampling_s > 0 else float("nan"),
         "sampling_time_s": sampling_s,
         "wall_time_s": wall_s,
+        "cpu_time_s": cpu_s,         # this process's CPU seconds (all threads): less sensitive to a busy machine
         "vectorized": path == "vectorized",
         "num_sampled_params": int(num_sampled),
         "compiled": bool(stepper.compiled),
@@ -514,6 +552,7 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
         "memory_budget_bytes": int(plan.budget_bytes),
         "chains_per_group": plan.chains_per_group if path == "vectorized" else 1,
         "micro_batches": plan.micro_batches,
+        "in_place_chain": isinstance(stepper, InPlaceStepper),
     }
     notes = {"baseline": baseline_method}
     if 0 < dropped < cfg.num_chains:

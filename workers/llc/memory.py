@@ -23,9 +23,11 @@ import torch
 _STATE_COPIES_PER_CHAIN = 4
 _STATE_COPIES_ONE_CHAIN = 3
 # Backward keeps the saved activations alive while it builds their gradients; peak measured
-# on the GPT-NeoX benchmark (benchmarks/large.py) was saved x ~1.0 plus a few copies of the
-# largest saved tensor (the logits and their gradient, fp32).
-_LARGEST_COPIES = 3
+# on the GPT-NeoX benchmark (benchmarks/large.py, 70M, 1 to 4 items per micro-batch) was saved
+# x ~1.0 plus two copies of the largest saved tensor (the log-probabilities and their gradient,
+# fp32) plus, one chain at a time, the largest sampled parameter's gradient, which autograd
+# forms whole before adding it into the chain's gradient buffer (the 50k x 512 embeddings).
+_LARGEST_COPIES = 2
 
 
 class MemoryPlanError(ValueError):
@@ -40,14 +42,27 @@ class MemoryEstimate:
     sampled: int                # sampled entries, in the master dtype (one copy)
     activations_per_item: int   # saved for backward, one chain, one batch item
     largest_per_item: int       # the largest single saved tensor per item (logits, usually)
+    largest_param: int = 0      # bytes of the largest (partly) sampled parameter tensor
+    # One chain at a time can run in place (steppers.InPlaceStepper: the chain is the model's own
+    # parameters, micro-batches add into the same gradient): state is then w* and the gradient.
+    in_place: bool = False
+    # The CPU update draws noise in chunks (sgld.SGLDStep.apply_in_chunks): no noise buffer.
+    chunked_noise: bool = False
 
     def peak(self, *, chains: int, batch: int, accumulate: bool = False) -> int:
         """Peak bytes with `chains` chains stepping together on micro-batches of `batch` items
-        (accumulate: gradients summed over micro-batches, one more copy per chain)."""
-        copies = _STATE_COPIES_ONE_CHAIN if chains == 1 else _STATE_COPIES_PER_CHAIN * chains
-        state = self.sampled * (1 + copies + (chains if accumulate else 0))
+        (accumulate: gradients summed over micro-batches, one more copy per chain unless in place)."""
+        if chains == 1 and self.in_place:
+            copies = 1                          # the gradient (the chain is the weights)
+        elif chains == 1:
+            copies = _STATE_COPIES_ONE_CHAIN - (1 if self.chunked_noise else 0)
+        else:
+            copies = (_STATE_COPIES_PER_CHAIN - (1 if self.chunked_noise else 0)) * chains
+        extra = chains if accumulate and not (chains == 1 and self.in_place) else 0
+        state = self.sampled * (1 + copies + extra)
         acts = chains * batch * (self.activations_per_item + _LARGEST_COPIES * self.largest_per_item)
-        return self.weights + state + acts
+        # (vectorized groups: the per-parameter gradients are in their state copies)
+        return self.weights + state + acts + (self.largest_param if chains == 1 else 0)
 
 
 @dataclass(frozen=True)

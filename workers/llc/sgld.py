@@ -49,6 +49,34 @@ class SGLDStep:
             drift[..., i:j].add_(offset, alpha=self.gamma)
         return drift
 
+    def apply_in_chunks(self, flat: torch.Tensor, flat0: torch.Tensor, grad: torch.Tensor,
+                        gens: list[torch.Generator], *, chunk: int, scratch: torch.Tensor) -> torch.Tensor:
+        """apply (plain SGLD) with each row's noise drawn `chunk` columns at a time from its generator,
+        the whole update done chunk by chunk while the chunk is in cache: no (chains, D) noise buffer
+        and one pass over memory instead of six. Same values as apply with
+        torch.randn(D, generator=g) per row on CPU, where randn fills 16 values at a time from the
+        generator's stream, so chunks of a multiple of 16 (the tail merged into the last one when
+        shorter than 16) continue one stream (tests/workers/llc/test_llc_sgld_update.py). grad is
+        consumed (it becomes the drift, which is returned); scratch is a (chains, >= 2 chunk) buffer."""
+        if self.method != "sgld" or chunk % 16:
+            raise ValueError("apply_in_chunks is plain SGLD with chunks of a multiple of 16 columns")
+        drift = grad if grad.dtype == flat.dtype else grad.to(flat.dtype)
+        size = flat.shape[-1]
+        offset, noise = scratch[:, :chunk], scratch[:, chunk:2 * chunk]
+        i = 0
+        while i < size:
+            j = size if size - (i + chunk) < 16 else i + chunk
+            if j - i > chunk:                    # the merged tail: fresh buffers for it alone
+                offset, noise = flat.new_empty(flat.shape[0], j - i), flat.new_empty(flat.shape[0], j - i)
+            w, d = flat[:, i:j], drift[:, i:j]
+            o, z = offset[:, :j - i], noise[:, :j - i]
+            d.mul_(self.nbeta).add_(torch.sub(w, flat0[i:j], out=o), alpha=self.gamma)
+            for row, g in zip(z, gens, strict=True):
+                torch.randn(row.shape, generator=g, device=flat.device, dtype=flat.dtype, out=row)
+            w.add_(d, alpha=-0.5 * self.epsilon).add_(z, alpha=math.sqrt(self.epsilon))
+            i = j
+        return drift
+
     def preconditioner(self, state: dict[str, torch.Tensor], grad: torch.Tensor) -> torch.Tensor | None:
         """Update the RMSProp average in `state` with grad and return G (None for plain SGLD)."""
         if self.method == "sgld":

@@ -1,9 +1,10 @@
 """Loss and gradient of a group of chains' flat parameter vectors.
 
 Sampled parameters live in one flat (chains, D) tensor so the SGLD update is a few fused
-whole-tensor ops; the model itself is never written to: torch.func.functional_call swaps
-in views of the flat tensor for the sampled parameters and detached w* tensors for the
-frozen ones. VectorizedStepper runs all chains as one vmapped forward with one backward
+whole-tensor ops; torch.func.functional_call swaps in views of the flat tensor for the
+sampled parameters and detached w* tensors for the frozen ones. InPlaceStepper (one chain,
+whole tensors) instead makes the model's own parameters views of the flat state, saving
+the chain's copy of the weights; the estimator puts the model back at w* afterwards. VectorizedStepper runs all chains as one vmapped forward with one backward
 (chains are independent, so d(sum of losses)/d(chain c) is chain c's gradient);
 SequentialStepper runs one chain with plain autograd, for models vmap cannot trace or
 that do not fit C times in memory. With compile=True the loss (forward, and through
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 # torch.utils._pytree: the pytree helpers torch.func itself uses; torch 2.13 has no public alias.
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 # Private API, on purpose: torch.func.vmap re-derives in_dims/out_dims pytrees and wraps the
 # function on every call, which cost ~30% of a step on small models (benchmarks/README.md);
@@ -176,6 +177,10 @@ class _Stepper:
             self.compile_s = time.perf_counter() - started
         return out
 
+    def chain_start(self, flat0: torch.Tensor, group: int) -> torch.Tensor:
+        """A group's chain state at w*: `group` fresh rows."""
+        return flat0.unsqueeze(0).repeat(group, 1)
+
     def _untie(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out = dict(tensors)
         for name, value in tensors.items():
@@ -303,3 +308,76 @@ class SequentialStepper(_Stepper):
         """L_m(w*) on each row of idx (K, B), one plain forward per batch."""
         return torch.cat([self.loss_at_star(source.gather(row)) for row in idx])
 
+
+
+class InPlaceStepper(SequentialStepper):
+    """One chain at a time whose state *is* the model's own sampled parameters.
+
+    The estimator has rebound every sampled parameter (whole tensors only) to a view of one flat
+    buffer (adopt_parameters), which is this chain's (1, D) state: SGLD updates the model in
+    place, the forward runs the model as it is (no functional_call), and autograd adds each
+    gradient into its slice of one reused buffer (the parameters' .grad). State beyond the weights:
+    w* and the gradient, so a big model's `all` job needs about three model copies plus
+    activations. Micro-batches (gradient accumulation) add into the same .grad buffer.
+    release() puts w* back (and the parameters' requires_grad and .grad)."""
+
+    def __init__(self, *, chain: torch.Tensor, params: list[nn.Parameter], micro_batches: int = 1,
+                 **common: Any) -> None:
+        super().__init__(**common)
+        self.chain = chain                       # (D,), the sampled parameters' storage
+        self.params = params                     # sampled parameters, in layout order
+        self.parts = micro_batches
+        sampled = {id(p) for p in params}
+        self._others = [p for p in self.module.parameters() if id(p) not in sampled]
+        self._saved = [(p, p.requires_grad, p.grad) for p in [*params, *self._others]]
+        buf = self._grad_buf = torch.zeros_like(chain)
+        for p, g in zip(params, buf.split(list(self.layout.sizes)), strict=True):
+            p.requires_grad_(True)
+            p.grad = g.view(p.shape)
+        for p in self._others:
+            p.requires_grad_(False)
+
+    def chain_start(self, flat0: torch.Tensor, group: int) -> torch.Tensor:
+        if group != 1:
+            raise ValueError("InPlaceStepper runs one chain at a time")
+        return self.chain.copy_(flat0).unsqueeze(0)
+
+    def loss_and_grad(self, flat: torch.Tensor, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if flat.data_ptr() != self.chain.data_ptr():
+            raise RuntimeError("InPlaceStepper steps only its own chain (the model's parameters)")
+        buf = self._grad_buf
+        assert buf is not None
+        buf.zero_()
+        total: torch.Tensor | None = None
+        with torch.enable_grad():
+            for k in range(self.parts):
+                part = batch if self.parts == 1 else tree_map(
+                    lambda t: t.tensor_split(self.parts, dim=0)[k] if isinstance(t, torch.Tensor) else t, batch)
+                loss = trace_dtype(self.module(part))
+                loss.backward()
+                total = loss.detach() if total is None else total.add_(loss.detach())
+        assert total is not None
+        if self.parts > 1:
+            total.div_(self.parts)
+            buf.div_(self.parts)
+        return total.reshape(1), buf.unsqueeze(0)
+
+    def release(self, flat0: torch.Tensor) -> None:
+        """The model back at w*, with its parameters' requires_grad and .grad as they were."""
+        with torch.no_grad():
+            self.chain.copy_(flat0)
+        for p, req, grad in self._saved:
+            p.grad = grad
+            p.requires_grad_(req)
+        self._grad_buf = None
+
+
+def adopt_parameters(params: list[nn.Parameter], flat0: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """Rebind each parameter to its slice of one new flat buffer holding w* (a copy of flat0) and
+    return the buffer: the parameters' old storages are freed when nothing else holds them, so the
+    buffer can be an in-place chain's state (InPlaceStepper) at no extra copy of the weights."""
+    chain = flat0.clone()
+    with torch.no_grad():
+        for p, part in zip(params, chain.split(sizes), strict=True):
+            p.data = part.view(p.shape)
+    return chain

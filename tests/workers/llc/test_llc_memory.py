@@ -1,12 +1,16 @@
 """Memory planning: chains and batches arranged to fit a budget, or a refusal naming the knob."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
 from workers.job import causal_lm_loss
 from workers.llc import SGLDConfig, estimate_llc
 from workers.llc.memory import MemoryEstimate, MemoryPlanError, plan_memory
+from workers.llc.reference import reference_llc
 
 from .llc_family_models import tiny
 from .test_llc_component_sampling import _Tokens
@@ -60,3 +64,36 @@ def test_memory_plan_chunks_vectorized_chains() -> None:
     assert res.path == "vectorized" and res.diagnostics["chains_per_group"] == 3     # groups [0, 1, 2], [3]
     assert res.diagnostics["memory_estimate_bytes"] < est_all
     np.testing.assert_allclose(res.loss_trace, seq.loss_trace, rtol=1e-5)
+
+
+def test_one_chain_runs_in_the_models_own_parameters_and_leaves_them_as_they_were() -> None:
+    model = tiny("gpt_neox")
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    first = next(model.parameters())
+    first.requires_grad_(False)
+    marker = torch.full_like(first, 7.0)
+    first.grad = marker
+    cfg = dict(epsilon=1e-3, gamma=100.0, num_chains=2, num_draws=5, num_burnin=2, batch_size=8, seed=4, vectorize=False)
+    res = estimate_llc(model, causal_lm_loss, _Tokens(), config=SGLDConfig(**cfg))
+    assert res.diagnostics["in_place_chain"] and res.path == "sequential"
+    for k, v in model.named_parameters():
+        assert torch.equal(v.detach(), before[k]), k
+    assert not first.requires_grad and first.grad is marker
+    assert all(p.requires_grad for p in list(model.parameters())[1:])
+    # The reference loop's chains, and, budget tight, the same in micro-batches accumulated into
+    # the same gradient buffer.
+    ref = reference_llc(model, causal_lm_loss, _Tokens(), config=SGLDConfig(**cfg))
+    np.testing.assert_allclose(res.loss_trace, ref.loss_trace, rtol=2e-5)
+    need = res.diagnostics["memory_estimate_bytes"]
+    tight = estimate_llc(model, causal_lm_loss, _Tokens(), config=SGLDConfig(**cfg, memory_bytes=need - 1))
+    assert tight.diagnostics["in_place_chain"] and tight.diagnostics["micro_batches"] >= 2
+    np.testing.assert_allclose(tight.loss_trace, res.loss_trace, rtol=1e-5)
+
+
+def test_in_place_chain_needs_two_sampled_copies_fewer() -> None:
+    copying = plan_memory(EST, num_chains=4, batch_size=8, budget=1 << 40, vectorize=False)
+    in_place = plan_memory(replace(EST, in_place=True, chunked_noise=True), num_chains=4, batch_size=8,
+                           budget=1 << 40, vectorize=False)
+    assert copying.peak_bytes - in_place.peak_bytes == 2 * EST.sampled
+    assert replace(EST, in_place=True).peak(chains=1, batch=4, accumulate=True) == \
+        replace(EST, in_place=True).peak(chains=1, batch=4)          # micro-batches add into one gradient

@@ -23,6 +23,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoints", type=int, default=None, help="checkpoints, log-spaced over training (default 40)")
     p.add_argument("--seed", type=int, default=None, help="seed of init, data and dataset (default 0)")
     p.add_argument("--lr", type=float, default=None, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--weight-decay", type=float, default=None, metavar="WD",
+                   help="AdamW (decoupled) weight decay, on every parameter incl. LayerNorm (default 0)")
+    p.add_argument("--warmup-steps", type=int, default=None,
+                   help="steps of linear learning-rate warm-up (default 50)")
     p.add_argument("--skip-bigram", type=float, default=None, metavar="P",
                    help="share of tokens set by the token two back, a task a previous-token head solves alone (default 0)")
     p.add_argument("--dataset-sequences", type=int, default=None,
@@ -46,10 +50,15 @@ def _train_demo(args: argparse.Namespace) -> int:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
     if args.lr is not None and not args.lr > 0:
         raise UserError(f"--lr must be positive, got {args.lr}.")
+    if args.weight_decay is not None and not 0 <= args.weight_decay < float("inf"):
+        raise UserError(f"--weight-decay must be a finite number >= 0, got {args.weight_decay}; try 0.3.")
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        raise UserError(f"--warmup-steps must be >= 0, got {args.warmup_steps}.")
     if args.skip_bigram is not None and not 0 <= args.skip_bigram < 1:
         raise UserError(f"--skip-bigram is a probability in [0, 1), got {args.skip_bigram}; try 0.2.")
     chosen = {"steps": args.steps, "num_checkpoints": args.checkpoints, "seed": args.seed, "lr": args.lr,
-              "dataset_sequences": args.dataset_sequences, "skip_bigram": args.skip_bigram}
+              "dataset_sequences": args.dataset_sequences, "skip_bigram": args.skip_bigram,
+              "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps}
     settings = DemoSettings(**{k: v for k, v in chosen.items() if v is not None})
     out = args.out or default_run_uri()
     try:

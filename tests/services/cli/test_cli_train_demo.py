@@ -43,3 +43,16 @@ def test_bad_options_and_uris_are_one_sentence(capsys: pytest.CaptureFixture[str
     assert "neither s3://bucket/prefix nor file:///path" in capsys.readouterr().err
     assert main(["train-demo", "--skip-bigram", "1.5", "--out", tmp_path.as_uri()]) == 2
     assert "--skip-bigram is a probability in [0, 1), got 1.5" in capsys.readouterr().err
+    assert main(["train-demo", "--weight-decay", "-0.1", "--out", tmp_path.as_uri()]) == 2
+    assert "--weight-decay must be a finite number >= 0, got -0.1" in capsys.readouterr().err
+    assert main(["train-demo", "--warmup-steps", "-1", "--out", tmp_path.as_uri()]) == 2
+    assert "--warmup-steps must be >= 0, got -1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())   # refused before anything was written
+
+
+def test_weight_decay_and_warmup_reach_the_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["train-demo", "--steps", "4", "--checkpoints", "2", "--dataset-sequences", "8", "--quiet",
+                 "--weight-decay", "2.0", "--warmup-steps", "0", "--out", out.as_uri()]) == 0
+    config = json.loads((out / "train_config.json").read_text())
+    assert (config["weight_decay"], config["warmup_steps"]) == (2.0, 0)

@@ -99,13 +99,6 @@ def _match(ref_x: Sequence[float], reps: list[tuple[float, ...]], lo: float, hi:
     return out
 
 
-def _kind_at(stages: Sequence[DetectedStage], mid_step: float) -> str | None:
-    for st in stages:
-        if st.start_step <= mid_step <= st.end_step:
-            return st.kind
-    return None
-
-
 def bootstrap_stages(steps: ArrayLike, estimates: Sequence[ArrayLike], *, loss_steps: ArrayLike | None = None,
                      loss: ArrayLike | None = None, replicates: int = 100, seed: int = 0, z: float = 3.0,
                      lam_jitter: float = 0.5) -> BootstrapStages:
@@ -136,9 +129,10 @@ def bootstrap_stages(steps: ArrayLike, estimates: Sequence[ArrayLike], *, loss_s
     while True:
         matched = _match(bounds, [r.boundaries_x for r in reps], lo, hi)
         intervals = [_interval(b, m, len(reps)) for b, m in zip(bounds, matched, strict=True)]
-        stages = stages_between(ref.fit, ref.loss_fit, [lo, *bounds, hi], steps_arr)
+        xs = [lo, *bounds, hi]
+        stages = stages_between(ref.fit, ref.loss_fit, xs, steps_arr)
         out = [StageUncertainty(st, intervals[i - 1] if i else None, intervals[i] if i < len(bounds) else None,
-                                _kind_probability(st, [r.stages for r in reps]))
+                                _kind_probability((xs[i], xs[i + 1]), reps, steps_arr))
                for i, st in enumerate(stages)]
         weak = [i for i, u in enumerate(out) if not u.resolved]
         if not weak or not bounds:
@@ -162,8 +156,10 @@ def _interval(ref_x: float, matched: list[float], n: int) -> BoundaryInterval:
                             len(matched) / max(1, n))
 
 
-def _kind_probability(stage: DetectedStage, reps: list[tuple[DetectedStage, ...]]) -> dict[str, float]:
-    mid = float(to_step((to_x(stage.start_step) + to_x(stage.end_step)) / 2))
-    counts = Counter(_kind_at(r, mid) for r in reps)
+def _kind_probability(span: tuple[float, float], reps: Sequence[StageDetection], steps: NDArray[np.float64]) -> dict[str, float]:
+    """Share of replicates whose λ̂ fit gives this span (log-steps) each type: the same stretch of
+    training re-typed under each resampled curve, not whichever replicate stage sits at its middle
+    (a short stage split off there would decide a long stage's type)."""
+    counts = Counter(stages_between(r.fit, r.loss_fit, list(span), steps)[0].kind for r in reps)
     n = max(1, len(reps))
     return {k: round(counts.get(k, 0) / n, 3) for k in KINDS}

@@ -50,3 +50,16 @@ def test_a_flat_curve_has_no_stages() -> None:
     steps = np.arange(0, 400, 10)
     out = bootstrap_stages(steps, [20 + rng.normal(0, 1, 4) for _ in steps], replicates=10)
     assert out.stages == () and out.replicates == 0
+
+
+def test_type_probability_retypes_the_same_span_under_each_replicate() -> None:
+    """A long type-A stage keeps a high A probability even when replicates split a short stage off
+    near its log-midpoint (it once printed "A" with "A 4 %, B 96 %"): each replicate's fit types
+    the stage's own span."""
+    steps, estimates, loss = _curve(dip=0.0, noise=1.0)
+    out = bootstrap_stages(steps, estimates, loss=loss, replicates=40, seed=2)
+    for u in out.stages:
+        assert max(u.kind_probability, key=u.kind_probability.get) == u.stage.kind, (u.stage, u.kind_probability)
+        assert abs(sum(u.kind_probability.values()) - 1.0) < 1e-6
+    rise = next(u for u in out.stages if u.stage.kind == KIND_A)
+    assert rise.kind_probability[KIND_A] >= 0.9

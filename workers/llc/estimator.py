@@ -282,7 +282,8 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
                 epsilon=pilot_eps, scale=scale, num_burnin=_burnin_of(res),
                 points=[CalibrationPoint(step=pilot_c, stats=pick.pilot.stats, usable=pick.usable, why=pick.why)],
                 reason=(f"gamma=auto: the gamma pilots ran at eps*nbeta*s = {pilot_c:g} (the epsilon grid's smallest step) "
-                        "and the picked gamma's pilot passed there")))
+                        + ("and the picked gamma's pilot passed there" if pick.usable
+                           else f"and the picked gamma's pilot failed there too ({pick.why})"))))
         return res
 
     if cfg.gamma_hint is None:

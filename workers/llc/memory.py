@@ -23,11 +23,12 @@ import torch
 _STATE_COPIES_PER_CHAIN = 4
 _STATE_COPIES_ONE_CHAIN = 3
 # Backward keeps the saved activations alive while it builds their gradients; peak measured
-# on the GPT-NeoX benchmark (benchmarks/large.py, 70M, 1 to 4 items per micro-batch) was saved
-# x ~1.0 plus two copies of the largest saved tensor (the log-probabilities and their gradient,
-# fp32) plus, one chain at a time, the largest sampled parameter's gradient, which autograd
-# forms whole before adding it into the chain's gradient buffer (the 50k x 512 embeddings).
-_LARGEST_COPIES = 2
+# on the GPT-NeoX benchmark (benchmarks/large.py, 70M, `all` and one head, 2 and 4 items per
+# micro-batch) was saved x ~1.0 plus three copies of the largest saved tensor (the
+# log-probabilities, their gradient, the logits' gradient, fp32) plus, one chain at a time,
+# the largest sampled parameter's gradient, which autograd forms whole before adding it into
+# the chain's gradient buffer (the 50k x 512 unembedding, formed while the logits' gradient lives).
+_LARGEST_COPIES = 3
 
 
 class MemoryPlanError(ValueError):

@@ -49,6 +49,9 @@ class MemoryEstimate:
     in_place: bool = False
     # The CPU update draws noise in chunks (sgld.SGLDStep.apply_in_chunks): no noise buffer.
     chunked_noise: bool = False
+    # A compiled step returns the gradient w.r.t. the flat vector: one chain at a time then also
+    # holds the per-parameter gradients it is concatenated from (as vectorized groups do).
+    compiled: bool = False
 
     def peak(self, *, chains: int, batch: int, accumulate: bool = False) -> int:
         """Peak bytes with `chains` chains stepping together on micro-batches of `batch` items
@@ -56,7 +59,8 @@ class MemoryEstimate:
         if chains == 1 and self.in_place:
             copies = 1                          # the gradient (the chain is the weights)
         elif chains == 1:
-            copies = _STATE_COPIES_ONE_CHAIN - (1 if self.chunked_noise else 0)
+            copies = (_STATE_COPIES_PER_CHAIN if self.compiled else _STATE_COPIES_ONE_CHAIN) - \
+                (1 if self.chunked_noise else 0)
         else:
             copies = (_STATE_COPIES_PER_CHAIN - (1 if self.chunked_noise else 0)) * chains
         extra = chains if accumulate and not (chains == 1 and self.in_place) else 0

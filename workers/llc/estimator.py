@@ -159,8 +159,9 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     seq._grad_buf = None          # the probe's gradient buffer: the chains allocate their own
     compile_steps, compile_note = _want_compile(cfg, dev, flops)
     if compile_steps and cfg.compile is None and plan.estimate.in_place and plan.chains_per_group == 1 and \
-            replace(plan.estimate, in_place=False).peak(chains=1, batch=cfg.batch_size // plan.micro_batches,
-                                                       accumulate=plan.micro_batches > 1) > plan.budget_bytes:
+            replace(plan.estimate, in_place=False, compiled=True).peak(
+                chains=1, batch=cfg.batch_size // plan.micro_batches,
+                accumulate=plan.micro_batches > 1) > plan.budget_bytes:
         compile_steps, compile_note = False, "not compiled: only the in-place eager chain fits the memory budget"
     if compile_steps:
         common["compile"] = True
@@ -173,8 +174,8 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     if stepper is seq and not seq.compiled and chain_buf is not None:
         stepper = InPlaceStepper(chain=chain_buf, params=sampled_params, micro_batches=plan.micro_batches, **common)
         cleanup.append(lambda: stepper.release(flat0))
-    elif plan.estimate.in_place and plan.chains_per_group == 1:   # counted on an in-place chain not used (compiled)
-        plan = plan_memory(replace(plan.estimate, in_place=False), num_chains=cfg.num_chains,
+    elif plan.chains_per_group == 1 and (plan.estimate.in_place or stepper.compiled):   # compiled: not in place
+        plan = plan_memory(replace(plan.estimate, in_place=False, compiled=stepper.compiled), num_chains=cfg.num_chains,
                            batch_size=cfg.batch_size, budget=plan.budget_bytes, vectorize=False)
     baseline_const = constant_baseline(cfg, seq, source, n)
     paired: Any | None = None
@@ -435,7 +436,8 @@ def _memory_plan(cfg: SGLDConfig, seq: SequentialStepper, source: BatchSource, f
     est = MemoryEstimate(weights=weights, sampled=flat0.numel() * flat0.element_size(),
                          activations_per_item=acts, largest_per_item=largest, in_place=in_place,
                          largest_param=max(t.numel() * t.element_size() for t in sampled),
-                         chunked_noise=dev.type == "cpu" and cfg.method == "sgld" and not cfg.mala)
+                         chunked_noise=dev.type == "cpu" and cfg.method == "sgld" and not cfg.mala,
+                         compiled=cfg.compile is True)
     budget = cfg.memory_bytes if cfg.memory_bytes is not None else free_memory(dev) + weights
     return plan_memory(est, num_chains=cfg.num_chains, batch_size=cfg.batch_size, budget=budget,
                        vectorize=cfg.vectorize), flops
@@ -561,7 +563,7 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
                                "the survivors, which may be biased by that selection")
     if stepper.compile_error:
         notes["compile"] = stepper.compile_error
-    elif compile_note and stepper.compiled:
+    elif compile_note and (stepper.compiled or compile_note.startswith("not compiled")):
         notes["compile"] = compile_note
     baseline_loss = float(np.nanmean(good_base)) if baseline_const is None and good_base.size else (
         baseline_const if baseline_const is not None else float("nan"))

@@ -23,11 +23,12 @@ import torch
 _STATE_COPIES_PER_CHAIN = 4
 _STATE_COPIES_ONE_CHAIN = 3
 # Backward keeps the saved activations alive while it builds their gradients; peak measured
-# on the GPT-NeoX benchmark (benchmarks/large.py, 70M, 1 to 4 items per micro-batch) was saved
-# x ~1.0 plus two copies of the largest saved tensor (the log-probabilities and their gradient,
-# fp32) plus, one chain at a time, the largest sampled parameter's gradient, which autograd
-# forms whole before adding it into the chain's gradient buffer (the 50k x 512 embeddings).
-_LARGEST_COPIES = 2
+# on the GPT-NeoX benchmark (benchmarks/large.py, 70M, `all` and one head, 2 and 4 items per
+# micro-batch) was saved x ~1.0 plus three copies of the largest saved tensor (the
+# log-probabilities, their gradient, the logits' gradient, fp32) plus, one chain at a time,
+# the largest sampled parameter's gradient, which autograd forms whole before adding it into
+# the chain's gradient buffer (the 50k x 512 unembedding, formed while the logits' gradient lives).
+_LARGEST_COPIES = 3
 
 
 class MemoryPlanError(ValueError):
@@ -48,6 +49,9 @@ class MemoryEstimate:
     in_place: bool = False
     # The CPU update draws noise in chunks (sgld.SGLDStep.apply_in_chunks): no noise buffer.
     chunked_noise: bool = False
+    # A compiled step returns the gradient w.r.t. the flat vector: one chain at a time then also
+    # holds the per-parameter gradients it is concatenated from (as vectorized groups do).
+    compiled: bool = False
 
     def peak(self, *, chains: int, batch: int, accumulate: bool = False) -> int:
         """Peak bytes with `chains` chains stepping together on micro-batches of `batch` items
@@ -55,7 +59,8 @@ class MemoryEstimate:
         if chains == 1 and self.in_place:
             copies = 1                          # the gradient (the chain is the weights)
         elif chains == 1:
-            copies = _STATE_COPIES_ONE_CHAIN - (1 if self.chunked_noise else 0)
+            copies = (_STATE_COPIES_PER_CHAIN if self.compiled else _STATE_COPIES_ONE_CHAIN) - \
+                (1 if self.chunked_noise else 0)
         else:
             copies = (_STATE_COPIES_PER_CHAIN - (1 if self.chunked_noise else 0)) * chains
         extra = chains if accumulate and not (chains == 1 and self.in_place) else 0

@@ -97,3 +97,5 @@ def test_in_place_chain_needs_two_sampled_copies_fewer() -> None:
     assert copying.peak_bytes - in_place.peak_bytes == 2 * EST.sampled
     assert replace(EST, in_place=True).peak(chains=1, batch=4, accumulate=True) == \
         replace(EST, in_place=True).peak(chains=1, batch=4)          # micro-batches add into one gradient
+    # A compiled chain returns its gradient concatenated from per-parameter ones: one copy more.
+    assert replace(EST, compiled=True).peak(chains=1, batch=8) - EST.peak(chains=1, batch=8) == EST.sampled

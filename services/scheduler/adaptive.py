@@ -24,8 +24,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from services.aggregator.bootstrap import bootstrap_stages
-from services.aggregator.curves import SettingCurve, build_curves
 from services.store import sweeps as store_sweeps
 from services.store.db import session_scope
 from services.store.entities import AddJobsOutcome
@@ -33,6 +31,7 @@ from services.store.results import sweep_results
 from services.sweeps.schema import AdaptiveDensity, LLCConfig
 
 if TYPE_CHECKING:
+    from services.aggregator.curves import SettingCurve
     from services.sweeps.submit import SweepPlan
 
 log = logging.getLogger(__name__)
@@ -62,6 +61,10 @@ def gap_scores(curves: Sequence[SettingCurve], candidates: Sequence[int], *, z: 
                bootstrap_replicates: int = 30) -> list[Gap]:
     """Every gap between consecutive estimated checkpoints that holds a candidate step, scored
     (max over the settings): ≥ 1 means the curve is not resolved there."""
+    # The aggregator package imports torch: here, not at module level, so the scheduler (which
+    # imports this module) starts — and restarts after a crash — without paying for it.
+    from services.aggregator.bootstrap import bootstrap_stages
+
     best: dict[tuple[int, int], float] = {}
     cand = np.asarray(sorted(candidates), dtype=float)
     for curve in curves:
@@ -141,6 +144,7 @@ def refine_sweep(sweep_id: int, *, database_url: str, max_rounds: int = 100) -> 
     once, so the outcome has jobs to run, or says why the sweep is complete."""
     from omegaconf import OmegaConf
 
+    from services.aggregator.curves import build_curves
     from services.sweeps.submit import plan_sweep
 
     with session_scope(database_url) as s:

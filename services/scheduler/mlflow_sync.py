@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from services.aggregator.calibration_plot import plot_calibration
 
 from services.store import outbox
 from services.store.db import session_scope
@@ -63,6 +62,10 @@ def sync_mlflow(*, database_url: str, tracker: Tracker, owner: str, sweep_id: in
 def _log_child(tracker: Tracker, *, parent: str, run: Any, result: Mapping[str, Any], sweep_id: int) -> str:
     """One child run; an epsilon=auto (gamma=auto) job's calibration goes with it as a PNG (λ̂ against ε (γ), pick marked)."""
     extra = (result or {}).get("extra") or {}
+    # Imported here: the aggregator package pulls in torch, seconds a restarted scheduler would
+    # otherwise spend before it claims anything.
+    from services.aggregator.calibration_plot import plot_calibration
+
     with tempfile.TemporaryDirectory() as tmp:
         plots = [plot_calibration(extra[key], Path(tmp) / f"{key}.png", title=f"step {run.step}: {symbol} = auto", x=x)
                  for key, x, symbol in (("calibration", "epsilon", "ε"), ("gamma_calibration", "gamma", "γ"))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
+from services.core.calibrations import CALIBRATED, Calibrated
 from services.core.numbers import chunks, finite_or_none
 from services.core.paths import llc_home
 from services.store.db import session_scope
@@ -92,17 +93,16 @@ def _finite(value: Any) -> float | None:
     return float(value) if isinstance(value, bool) else finite_or_none(value)
 
 
-def _calibration_metrics(calibration: dict[str, Any], now: int, *, prefix: str = "calibration",
-                         keys: tuple[str, ...] = ("epsilon", "llc_mean", "llc_se", "r_hat", "drift_z")) -> list[Any]:
-    """One MLflow step per pilot, down the grid: epsilon (or gamma), lambda_hat, its s.e., usable."""
+def _calibration_metrics(calibration: dict[str, Any], now: int, kind: Calibrated) -> list[Any]:
+    """One MLflow step per pilot, down the grid: the pilot's epsilon (or gamma), lambda_hat, its s.e., usable."""
     from mlflow.entities import Metric
 
     out: list[Any] = []
     for i, point in enumerate(calibration.get("points") or []):
-        for key in keys:
+        for key in kind.pilot_metrics:
             if (v := _finite(point.get(key))) is not None:
-                out.append(Metric(f"{prefix}/{key}", v, now, i))
-        out.append(Metric(f"{prefix}/usable", float(bool(point.get("usable"))), now, i))
+                out.append(Metric(f"{kind.record}/{key}", v, now, i))
+        out.append(Metric(f"{kind.record}/usable", float(bool(point.get("usable"))), now, i))
     return out
 
 
@@ -278,18 +278,15 @@ class Tracker:
                     metrics.append(Metric(f"loss_trace/chain_{chain}", v, now, draw))
 
         records = {}
-        for key, pick_key, metric_keys in (
-                ("calibration", "epsilon", ("epsilon", "llc_mean", "llc_se", "r_hat", "drift_z")),
-                ("gamma_calibration", "gamma", ("gamma", "ratio", "llc_mean", "llc_se", "rise", "rise_se",
-                                                "dist_ratio", "r_hat", "drift_z"))):
-            record = extra.get(key)
+        for kind in CALIBRATED:
+            record = extra.get(kind.record)
             if not isinstance(record, dict):
                 continue
-            records[key] = record
-            metrics += _calibration_metrics(record, now, prefix=key, keys=metric_keys)
-            if (pick := _finite(record.get(pick_key))) is not None:
-                param_objs.append(Param(f"calibration.{pick_key}", repr(pick)))
-            tags.append(RunTag(f"llc.{key}.reason", str(record.get("reason", ""))[:5000]))
+            records[kind.record] = record
+            metrics += _calibration_metrics(record, now, kind)
+            if (pick := _finite(record.get(kind.name))) is not None:
+                param_objs.append(Param(f"calibration.{kind.name}", repr(pick)))
+            tags.append(RunTag(f"llc.{kind.record}.reason", str(record.get("reason", ""))[:5000]))
 
         self._log_batch(run_id, metrics=metrics, params=param_objs, tags=tags)
         for key, record in records.items():

@@ -11,10 +11,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from services.core.calibrations import BY_NAME
+
 
 def plot_calibration(record: dict[str, Any], path: Path, *, title: str = "epsilon = auto", x: str = "epsilon") -> Path:
     """Write the plot to path (PNG) and return it; x: "epsilon" or "gamma" (the record's pilots and pick)."""
-    symbol = {"epsilon": "ε", "gamma": "γ"}[x]
+    symbol = BY_NAME[x].symbol
     import matplotlib
 
     matplotlib.use("Agg", force=True)

@@ -13,11 +13,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from services.core.calibrations import CALIBRATED
 from services.store.jobkey import setting_key
-
-# hyperparameter -> (the result's extra record holding its pick, the pick's key there, the JobSpec hint field)
-_CARRIED = {"epsilon": ("calibration", "epsilon", "epsilon_hint"),
-            "gamma": ("gamma_calibration", "gamma", "gamma_hint")}
 
 
 class CalibrationCarry:
@@ -28,16 +25,16 @@ class CalibrationCarry:
 
     def observe(self, sweep_ids: tuple[int, ...], hyperparameters: dict[str, Any], result: dict[str, Any]) -> None:
         """Remember a finished job's fresh calibrations (carried picks add nothing new)."""
-        for name, (record, field, _) in _CARRIED.items():
-            if hyperparameters.get(name) != "auto":
+        for c in CALIBRATED:
+            if hyperparameters.get(c.name) != "auto":
                 continue
-            calibration = (result.get("extra") or {}).get(record) or {}
-            pick = calibration.get(field)
+            calibration = (result.get("extra") or {}).get(c.record) or {}
+            pick = calibration.get(c.name)
             if calibration.get("carried") or isinstance(pick, bool) or not isinstance(pick, (int, float)) or not pick > 0:
                 continue
             key = setting_key(hyperparameters)
             for sid in sweep_ids:
-                self._picks[(sid, key, name)] = float(pick)
+                self._picks[(sid, key, c.name)] = float(pick)
 
     def hint(self, sweep_ids: tuple[int, ...], hyperparameters: dict[str, Any], name: str = "epsilon") -> float | None:
         if hyperparameters.get(name) != "auto":
@@ -51,8 +48,8 @@ class CalibrationCarry:
     def apply(self, spec: Any, sweep_ids: tuple[int, ...], hyperparameters: dict[str, Any]) -> Any:
         """The spec with epsilon_hint / gamma_hint set where a pick is known (a JobSpec: frozen, so a copy)."""
         hints = {}
-        for name, (_, _, attr) in _CARRIED.items():
-            value = self.hint(sweep_ids, hyperparameters, name)
-            if value is not None and getattr(spec, attr, None) is None:
-                hints[attr] = value
+        for c in CALIBRATED:
+            value = self.hint(sweep_ids, hyperparameters, c.name)
+            if value is not None and getattr(spec, c.hint, None) is None:
+                hints[c.hint] = value
         return replace(spec, **hints) if hints else spec

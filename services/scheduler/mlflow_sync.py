@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
+from services.core.calibrations import CALIBRATED
 from services.store import outbox
 from services.store.db import session_scope
 from services.tracking import Tracker, sweep_parent_run
@@ -67,9 +67,9 @@ def _log_child(tracker: Tracker, *, parent: str, run: Any, result: Mapping[str, 
     from services.aggregator.calibration_plot import plot_calibration
 
     with tempfile.TemporaryDirectory() as tmp:
-        plots = [plot_calibration(extra[key], Path(tmp) / f"{key}.png", title=f"step {run.step}: {symbol} = auto", x=x)
-                 for key, x, symbol in (("calibration", "epsilon", "ε"), ("gamma_calibration", "gamma", "γ"))
-                 if isinstance(extra.get(key), dict)]
+        plots = [plot_calibration(extra[c.record], Path(tmp) / f"{c.record}.png", title=f"step {run.step}: {c.symbol} = auto",
+                                  x=c.name)
+                 for c in CALIBRATED if isinstance(extra.get(c.record), dict)]
         return tracker.log_job(parent_run_id=parent, job_key=run.key, step=run.step,
                                params=dict(run.hyperparameters, seed=run.seed), result=result, sweep_id=sweep_id,
                                artifacts=plots)

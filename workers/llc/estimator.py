@@ -156,7 +156,7 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     wants_flops = dev.type == "cpu" and (cfg.compile is None or (cfg.vectorize is None and cfg.num_chains > 1))
     plan, flops = _memory_plan(cfg, seq, source, flat0, star, dev, in_place=chain_buf is not None and cfg.compile is not True,
                                count_flops=wants_flops, sampled=sampled_params)
-    seq._grad_buf = None          # the probe's gradient buffer: the chains allocate their own
+    seq.drop_grad_buffer()        # the probe's: the chains allocate their own
     compile_steps, compile_note = _want_compile(cfg, dev, flops)
     if compile_steps and cfg.compile is None and plan.estimate.in_place and plan.chains_per_group == 1 and \
             replace(plan.estimate, in_place=False, compiled=True).peak(

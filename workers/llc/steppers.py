@@ -122,6 +122,10 @@ class _Stepper:
         if compile:
             self.enable_compile()
 
+    def drop_grad_buffer(self) -> None:
+        """Free the reused gradient buffer (a probe's): the chains allocate their own."""
+        self._grad_buf = None
+
     def enable_compile(self) -> None:
         """Run the loss as a torch.compile'd graph from the next step on (compiled at first use)."""
         if self._compiled is None and self.compile_error is None:

@@ -117,7 +117,9 @@ def ours(root: Path, shape: str, component: str, chains: int, draws: int, thread
             "sampling_s": d["sampling_time_s"], "compile_s": d.get("compile_time_s", 0.0),
             "llc_mean": res.llc_mean, "llc_std": res.llc_std, "peak": peak_rss() - before,
             "estimate": d.get("memory_estimate_bytes"), "path": res.extra["path"], "compiled": d.get("compiled"),
-            "micro": d.get("micro_batches"), "sampled": d.get("num_sampled_params")}
+            "micro": d.get("micro_batches"), "sampled": d.get("num_sampled_params"),
+            "per_chain": res.llc_per_chain, "baseline": res.baseline_loss, "init_loss": res.init_loss,
+            "nbeta": res.nbeta, "loss_trace": res.loss_trace}
 
 
 def devinterp(root: Path, shape: str, component: str, chains: int, draws: int, threads: int) -> dict:
@@ -144,7 +146,9 @@ def devinterp(root: Path, shape: str, component: str, chains: int, draws: int, t
     per_chain = [float(v) for v in out["llc_per_chain"].values]
     mean = sum(per_chain) / len(per_chain)
     std = (sum((v - mean) ** 2 for v in per_chain) / max(1, len(per_chain) - 1)) ** 0.5
-    return {"wall_s": wall, "cpu_s": cpu, "steps": chains * draws, "llc_mean": mean, "llc_std": std, "peak": peak_rss() - before}
+    return {"wall_s": wall, "cpu_s": cpu, "steps": chains * draws, "llc_mean": mean, "llc_std": std, "peak": peak_rss() - before,
+            "per_chain": per_chain, "baseline": float(out["init_loss"]), "nbeta": NBETA,
+            "loss_trace": [[float(x) for x in row] for row in out["loss_trace"].values]}
 
 
 def reference(root: Path, shape: str, threads: int) -> dict:
@@ -170,6 +174,21 @@ def reference(root: Path, shape: str, threads: int) -> dict:
 
 
 # ------------------------------------------------------------------ driver
+def save_row(root: Path, side: str, shape: str, comp: str, row: dict) -> None:
+    """Keep each row's JSON (per-chain λ̂, baseline, loss traces) under root/rows/ for later comparison."""
+    out = root / "rows" / f"{shape}-{comp}-{side}-{time.strftime('%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(row))
+
+
+def fmt_chains(row: dict) -> str:
+    """Per-chain λ̂, the between-chain standard error of the mean and the baseline L_m(w*)."""
+    xs = row["per_chain"]
+    mean = sum(xs) / len(xs)
+    se = (sum((x - mean) ** 2 for x in xs) / max(1, len(xs) - 1) / len(xs)) ** 0.5
+    return f"[{', '.join(f'{x:.3f}' for x in xs)}] mean {mean:.3f} s.e. {se:.3f}, baseline {row['baseline']:.5f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--side", choices=["ours", "devinterp", "reference"])
@@ -212,6 +231,7 @@ def main() -> None:
                     f"(plan estimate {o['estimate'] / gib:.3f}, {o['path']}, micro {o['micro']:.0f}) "
                     f"= {o['peak'] / ref['peak']:.2f}x weights+acts  llc {o['llc_mean']:.2f} +- {o['llc_std']:.2f}")
             print(line, flush=True)
+            save_row(root, "ours", shape, comp, o)
             print(f"        sampling alone {o['sampling_s'] / o['steps']:.3f} s/chain-step, CPU {o['cpu_s'] / o['steps']:.3f} s/chain-step"
                   f"{', compiled (compile ' + format(o['compile_s'], '.0f') + ' s)' if o['compiled'] else ''}", flush=True)
             if args.skip_devinterp:
@@ -220,6 +240,8 @@ def main() -> None:
             print(f"  {comp:<5} devinterp {d['wall_s'] / d['steps']:7.3f} s/chain-step  peak {d['peak'] / gib:6.3f} GiB "
                   f"= {d['peak'] / ref['peak']:.2f}x weights+acts  llc {d['llc_mean']:.2f} +- {d['llc_std']:.2f}   "
                   f"speed ours/devinterp x{(d['wall_s'] / d['steps']) / (o['wall_s'] / o['steps']):.2f}", flush=True)
+            save_row(root, "devinterp", shape, comp, d)
+            print(f"        λ̂ per chain: ours {fmt_chains(o)}; devinterp {fmt_chains(d)}", flush=True)
             print(f"        devinterp CPU {d['cpu_s'] / d['steps']:.3f} s/chain-step: CPU-time ratio "
                   f"x{d['cpu_s'] / o['cpu_s']:.2f} (less sensitive to a shared machine's load)", flush=True)
     print(f"load after: {os.getloadavg()}")

@@ -83,16 +83,30 @@ def expand_sweep(cfg: LLCConfig, checkpoints: Sequence[CheckpointLike], *, stora
 
 
 def expand_components(components: Sequence[str], model_config: Mapping[str, Any] | None) -> list[str]:
-    """sweep.components with `heads` expanded to every l{L}h{H} of the architecture."""
-    from workers.llc.components import expand_selectors
+    """sweep.components with `heads` expanded to every l{L}h{H} of the architecture.
+
+    With the checkpoints' config.json, every named component is checked against the architecture
+    (a head, layer or MLP it lacks is refused here, not by each of the sweep's jobs)."""
+    from workers.llc.components import check_selector, expand_selectors
 
     if "heads" in components and model_config is None:
         raise ValueError("sweep.components has `heads` but the checkpoints' config.json was not read; "
                          "plan the sweep through plan_sweep (it reads it) or list heads such as l0h1.")
     try:
-        return expand_selectors(list(components), model_config or {})
+        expanded = expand_selectors(list(components), model_config or {})
+        if model_config is not None:
+            for c in expanded:
+                check_selector(c, dict(model_config))
+        return expanded
     except ValueError as exc:
         raise ValueError(f"sweep.components: {exc}") from exc
+
+
+def components_need_config(components: Sequence[str] | None) -> bool:
+    """Whether sweep.components names anything (a head, layer, MLP) to check against config.json."""
+    from workers.llc.components import is_component_selector
+
+    return any(c != "all" and is_component_selector(c) for c in components or ())
 
 
 def spec_to_dict(spec: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from services.store.db import ensure_schema, session_scope
 from services.sweeps.config import to_dict
 from services.core.endpoints import Endpoints, resolve_endpoints
 from services.store.entities import PlannedJob
-from services.sweeps.expand import expand_sweep
+from services.sweeps.expand import components_need_config, expand_sweep
 from services.sweeps.schema import LLCConfig
 from services.sweeps.selection import describe, select_checkpoints
 from services.sweeps.validate import validate_sweep
@@ -71,7 +71,7 @@ def plan_sweep(cfg: LLCConfig) -> SweepPlan:
     chosen = select_checkpoints(refs, cfg.sweep.checkpoints, run_uri=run_uri)
     dataset_uri = ends.under_storage(cfg.sweep.dataset.uri)
     fingerprint = validate_sweep(cfg, dataset_uri=dataset_uri, checkpoints=chosen)
-    model_config = _model_config(chosen) if "heads" in (cfg.sweep.components or ()) else None
+    model_config = _model_config(chosen) if components_need_config(cfg.sweep.components) else None
     try:
         jobs = expand_sweep(cfg, chosen, storage_uri=ends.storage_uri, estimator_version=ESTIMATOR_VERSION,
                             model_config=model_config, dataset_fingerprint=fingerprint)
@@ -92,8 +92,8 @@ def _model_config(checkpoints: list) -> dict | None:
     try:
         return json.loads(open_store(checkpoints[0].uri).get_bytes("config.json"))
     except (ObjectStoreError, ValueError) as exc:
-        raise SubmitError(f"Could not read {checkpoints[0].uri}/config.json to expand sweep.components' `heads` "
-                          f"({exc}); list the heads (l0h0, ...) or fix the checkpoint; nothing was submitted.") from exc
+        raise SubmitError(f"Could not read {checkpoints[0].uri}/config.json to expand and check sweep.components "
+                          f"({exc}); fix the checkpoint; nothing was submitted.") from exc
 
 
 def submit_sweep(cfg: LLCConfig, *, submitted_by: str | None = None, database_url: str | None = None) -> SubmitOutcome:

@@ -132,6 +132,37 @@ def expand_selectors(selectors: str | Sequence[str], config: object) -> list[str
     return out
 
 
+def check_selector(selector: str, config: object) -> None:
+    """Refuse, in one sentence, a named selector the architecture lacks (a layer, head, group or MLP).
+
+    A sweep checks its components against the checkpoints' config.json at submit time, so that
+    `l1.mlp` on an attention-only model is refused once instead of failing every job. fnmatch
+    patterns, `all` and `heads` pass (a pattern is checked against parameter names in the job)."""
+    for part in (p.strip() for p in selector.split("+")):
+        m = _NAMED.match(part)
+        if m is not None and part not in ("all", "heads"):
+            _check_named(part, m, config)
+
+
+def _check_named(part: str, m: re.Match[str], config: object) -> tuple[Family, Dims | None, int]:
+    """The family, dims and layer of a named selector (not all/heads) after checking it exists."""
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    fam = family_of(model_type)
+    if part in ("embed", "unembed"):
+        return fam, None, -1
+    dims = dims_of(config)
+    layer = int(m[2] if m[2] is not None else m[4])
+    if layer >= dims.layers:
+        raise ValueError(f"Selector {part!r} names layer {layer} but the model has {dims.layers} layers (l0..l{dims.layers - 1}).")
+    if m[3] == "mlp" and fam.mlp is None:
+        raise ValueError(f"Selector {part!r}: this {model_type} model has no MLP; use l{layer}.attn or a head.")
+    if m[5] == "h" and int(m[6]) >= dims.heads:
+        raise ValueError(f"Selector {part!r} names head {m[6]} but layer {layer} has {dims.heads} heads (h0..h{dims.heads - 1}).")
+    if m[5] == "g" and int(m[6]) >= dims.kv_heads:
+        raise ValueError(f"Selector {part!r} names group {m[6]} but the model has {dims.kv_heads} key/value groups.")
+    return fam, dims, layer
+
+
 def is_component_selector(selector: str) -> bool:
     """True for the named language (all, embed, l0h1, ...), False for an fnmatch pattern."""
     return all(_NAMED.match(part.strip()) for part in selector.split("+"))
@@ -181,28 +212,18 @@ def _resolve_one(model: nn.Module, params: dict[str, torch.Tensor], part: str) -
     if part == "heads":
         raise ValueError("Selector 'heads' names many components; expand it first (a sweep's `components: [heads]` "
                          "does) or pick one head such as 'l0h1'.")
-    fam = family_of(getattr(getattr(model, "config", None), "model_type", None))
+    fam, dims, layer = _check_named(part, m, getattr(model, "config", None))
     if part in ("embed", "unembed"):
         names = fam.embed if part == "embed" else fam.unembed
         return {n: None for n in _canonical(model, names) if n in params}
-    dims = dims_of(model.config)
-    layer = int(m[2] if m[2] is not None else m[4])
-    if layer >= dims.layers:
-        raise ValueError(f"Selector {part!r} names layer {layer} but the model has {dims.layers} layers (l0..l{dims.layers - 1}).")
     prefix = fam.layer.format(L=layer)
     if m[3] is not None:
-        if m[3] == "mlp" and fam.mlp is None:
-            raise ValueError(f"Selector {part!r}: this {model.config.model_type} model has no MLP; use l{layer}.attn or a head.")
         sub = prefix + (fam.attn if m[3] == "attn" else fam.mlp)
         return {n: None for n in params if n.startswith(sub)}
     index = int(m[6])
     if m[5] == "h":
-        if index >= dims.heads:
-            raise ValueError(f"Selector {part!r} names head {index} but layer {layer} has {dims.heads} heads (h0..h{dims.heads - 1}).")
         heads, groups = [index], ([index] if dims.kv_heads == dims.heads else [])
     else:
-        if index >= dims.kv_heads:
-            raise ValueError(f"Selector {part!r} names group {index} but the model has {dims.kv_heads} key/value groups.")
         per = dims.heads // dims.kv_heads
         heads, groups = list(range(index * per, (index + 1) * per)), [index]
     out: Selection = {}

@@ -75,3 +75,13 @@ def test_components_expand_heads_from_the_checkpoint_config(storage: str, db: st
     assert (again.jobs, again.new, again.already_queued) == (3, 0, 3)
     with pytest.raises(Exception, match="sweep.components and sweep.sample_params both"):
         load_config(tiny_overrides(storage, extra=("sweep.components=[all]", "sweep.sample_params=[wte.*]")))
+
+
+def test_components_the_architecture_lacks_are_refused_at_submit(storage: str, db: str) -> None:
+    # The demo model is attention-only: `l1.mlp` would fail every job of the sweep; a head or layer
+    # past its 2 x 2 fails the same way. One sentence at submit, nothing written.
+    for components, says in (("[all,heads,l1.mlp]", "has no MLP"), ("[l0h2]", "has 2 heads"), ("[l2.attn]", "has 2 layers")):
+        cfg = load_config(tiny_overrides(storage, extra=("sampler.epsilon=[1e-4]", f"sweep.components={components}")))
+        with pytest.raises(SubmitError, match=f"sweep.components: .*{says}.*nothing was submitted"):
+            submit_sweep(cfg, submitted_by="tester")
+    assert _rows(db) == (0, 0)

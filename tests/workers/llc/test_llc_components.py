@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workers.llc.components import dims_of, expand_selectors, is_component_selector, resolve_selection
+from workers.llc.components import check_selector, dims_of, expand_selectors, is_component_selector, resolve_selection
 
 from .llc_family_models import OUT_PROJ, VOCAB, tiny
 
@@ -150,3 +150,26 @@ def test_heads_expand_per_architecture() -> None:
     cfg = tiny("llama").config
     assert expand_selectors(["all", "heads", "l1.mlp"], cfg) == ["all"] + [f"l{i}h{h}" for i in range(2) for h in range(4)] + ["l1.mlp"]
     assert expand_selectors("heads", {"n_layer": 1, "n_head": 2, "n_embd": 8}) == ["l0h0", "l0h1"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_config_check_refuses_exactly_what_resolution_refuses(family: str) -> None:
+    # A sweep checks components against config.json alone (no weights); it must refuse the same
+    # selectors, with the same sentence, as resolving them on the model would.
+    model = tiny(family)
+    cfg = model.config.to_dict()
+    for sel in ("all", "embed", "unembed", "l1.attn", "l1.mlp", "l2.attn", "l1h3", "l1h4", "l0g1", "l0g2", "l0h0+l1.mlp",
+                "transformer.h.*"):
+        try:
+            resolve_selection(model, sel)
+            refused = None
+        except ValueError as exc:
+            refused = str(exc)
+        if refused is not None and "matches no parameter" in refused:
+            refused = None            # a pattern or group with no entries here: only the model can tell
+        if refused is None:
+            check_selector(sel, cfg)
+        else:
+            with pytest.raises(ValueError) as info:
+                check_selector(sel, cfg)
+            assert str(info.value) == refused

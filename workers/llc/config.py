@@ -41,6 +41,9 @@ class SGLDConfig:
     method: "sgld" or "rmsprop_sgld" (diagonal RMSProp preconditioning, see sgld.py).
     memory_bytes: what the estimate may use on its device, weights included (a worker's share);
     None: what is free there now. The memory plan (memory.py) fits the chains into it or refuses.
+    activation_checkpointing: recompute each decoder layer's activations in the backward instead of
+    keeping them (checkpointing.py; Hugging Face models that support it): less activation memory for
+    about one more forward per step; chains then run one at a time, eagerly.
     """
 
     epsilon: float | str = 1e-4
@@ -64,6 +67,7 @@ class SGLDConfig:
     gamma_hint: float | None = None
     gamma_pilot_steps: int = 30_000
     memory_bytes: int | None = None
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.sample_params, str):
@@ -102,6 +106,13 @@ class SGLDConfig:
         if self.memory_bytes is not None and (isinstance(self.memory_bytes, bool) or not isinstance(self.memory_bytes, int)
                                               or self.memory_bytes <= 0):
             raise ValueError(f"SGLDConfig.memory_bytes={self.memory_bytes!r} is invalid: use a positive number of bytes or None.")
+
+        if not isinstance(self.activation_checkpointing, bool):
+            raise ValueError(f"SGLDConfig.activation_checkpointing={self.activation_checkpointing!r} is invalid: use True or False.")
+        if self.activation_checkpointing and (self.vectorize or self.compile):
+            knob = "vectorize=True" if self.vectorize else "compile=True"
+            raise ValueError(f"SGLDConfig.activation_checkpointing=True cannot combine with {knob}: checkpointed "
+                             f"chains run one at a time, eagerly; set {knob.split('=')[0]}=None or False.")
 
     @property
     def num_steps(self) -> int:

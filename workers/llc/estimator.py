@@ -21,6 +21,7 @@ from .accumulate import AccumulatingStepper
 from .baselines import constant_baseline, item_loss_table
 from .calibration import Calibration, CalibrationPoint, PilotStats, burnin_for, calibrate, carried, pilot_draws
 from .chains import ChainRecords, run_group
+from .checkpointing import Checkpointing, enable_checkpointing
 from .components import resolve_selection
 from .config import AUTO, SGLDConfig
 from .data import BatchSource, IndexStream, chain_generator
@@ -111,8 +112,12 @@ def estimate_llc(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, config:
     model.eval()
     cleanup: list[Callable[[], None]] = []
     try:
+        ckpt = enable_checkpointing(model) if cfg.activation_checkpointing else None
+        if ckpt is not None:
+            cleanup.append(ckpt.restore)
         return _estimate(model, loss_fn, dataset, cfg=cfg, dev=dev, n=n, chosen=chosen, nbeta=nbeta, progress=progress,
-                         cleanup=cleanup)
+                         cleanup=cleanup, ckpt=ckpt,
+                         can_checkpoint=bool(getattr(model, "supports_gradient_checkpointing", False)))
     finally:
         for undo in cleanup:
             undo()
@@ -121,7 +126,8 @@ def estimate_llc(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, config:
 
 def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDConfig, dev: torch.device, n: int,
               chosen: list[tuple[str, torch.Tensor, torch.Tensor | None]], nbeta: float,
-              progress: Callable[[int, int], None] | None, cleanup: list[Callable[[], None]]) -> LLCResult:
+              progress: Callable[[int, int], None] | None, cleanup: list[Callable[[], None]],
+              ckpt: Checkpointing | None = None, can_checkpoint: bool = False) -> LLCResult:
     started, cpu_started = time.perf_counter(), time.process_time()
     module = LossModule(model, loss_fn)
     star: dict[str, torch.Tensor] = {f"model.{k}": v.detach().to(dev) for k, v in model.named_parameters()}
@@ -148,6 +154,7 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     common = dict(module=module, layout=layout, frozen=frozen, star=star, device=dev,
                   star_is_native=native, compile=False)
     seq = SequentialStepper(**common)
+    seq.backward_in_call = ckpt is not None
     with torch.no_grad():
         probe_loss = _check_loss(seq._call(layout.split(flat0), probe), "on the first batch")
         _refuse_sum_loss(seq, source, layout.split(flat0), probe_loss, cfg.batch_size)
@@ -155,7 +162,8 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     # they are counted on the memory plan's probe (a probe of its own cost a gradient copy).
     wants_flops = dev.type == "cpu" and (cfg.compile is None or (cfg.vectorize is None and cfg.num_chains > 1))
     plan, flops = _memory_plan(cfg, seq, source, flat0, star, dev, in_place=chain_buf is not None and cfg.compile is not True,
-                               count_flops=wants_flops, sampled=sampled_params)
+                               count_flops=wants_flops, sampled=sampled_params, ckpt=ckpt,
+                               can_checkpoint=can_checkpoint)
     seq.drop_grad_buffer()        # the probe's: the chains allocate their own
     compile_steps, compile_note = _want_compile(cfg, dev, flops)
     if compile_steps and cfg.compile is None and plan.estimate.in_place and plan.chains_per_group == 1 and \
@@ -407,11 +415,13 @@ def _loss_wstar(cfg: SGLDConfig, paired: Any, baseline_const: float | None) -> t
 
 def _memory_plan(cfg: SGLDConfig, seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor,
                  star: dict[str, torch.Tensor], dev: torch.device, *, in_place: bool,
-                 count_flops: bool, sampled: list[torch.Tensor]) -> tuple[MemoryPlan, float | None]:
+                 count_flops: bool, sampled: list[torch.Tensor], ckpt: Checkpointing | None = None,
+                 can_checkpoint: bool = False) -> tuple[MemoryPlan, float | None]:
     """Fit the chains into cfg.memory_bytes (weights included) or the memory free now (plus the
     weights, already resident): activations measured on a one-item forward+backward, which also
     counts one chain-step's FLOPs when asked (torch's counter, scaled to the batch: a transformer's
-    FLOPs are linear in it; None if it cannot count)."""
+    FLOPs are linear in it; None if it cannot count). With activation checkpointing, see
+    _checkpointed_activations."""
     from torch.utils.flop_counter import FlopCounterMode
 
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in star.values()}
@@ -433,6 +443,8 @@ def _memory_plan(cfg: SGLDConfig, seq: SequentialStepper, source: BatchSource, f
         counter = None
         acts, largest = measure_activations(probe, exclude=[flat0, *star.values()])
     flops = float(counter.get_total_flops()) * cfg.batch_size if counter is not None else None
+    if ckpt is not None:
+        acts, largest = _checkpointed_activations(seq, one, flat0, star, ckpt, outside=(acts, largest))
     est = MemoryEstimate(weights=weights, sampled=flat0.numel() * flat0.element_size(),
                          activations_per_item=acts, largest_per_item=largest, in_place=in_place,
                          largest_param=max(t.numel() * t.element_size() for t in sampled),
@@ -440,7 +452,50 @@ def _memory_plan(cfg: SGLDConfig, seq: SequentialStepper, source: BatchSource, f
                          compiled=cfg.compile is True)
     budget = cfg.memory_bytes if cfg.memory_bytes is not None else free_memory(dev) + weights
     return plan_memory(est, num_chains=cfg.num_chains, batch_size=cfg.batch_size, budget=budget,
-                       vectorize=cfg.vectorize), flops
+                       vectorize=False if ckpt is not None else cfg.vectorize,
+                       suggest_checkpointing=can_checkpoint and ckpt is None), flops
+
+
+def _checkpointed_activations(seq: SequentialStepper, one: Any, flat0: torch.Tensor, star: dict[str, torch.Tensor],
+                              ckpt: Checkpointing, *, outside: tuple[int, int]) -> tuple[int, int]:
+    """(total, largest) activation bytes per item of a checkpointed chain-step.
+
+    The probe's saved-tensor hooks see only what is saved outside the checkpointed layers
+    (`outside`: a checkpoint's own hooks take the inside); each layer also keeps its inputs
+    (recorded here by forward pre-hooks), and the backward holds one layer's recompute at a time:
+    (the unchecked probe's total - outside) / layers. The checkpointed loss must equal the plain
+    one: a layer that used its own training flag for more than checkpointing would differ."""
+    skip = {t.untyped_storage().data_ptr() for t in [flat0, *star.values()]}
+    inputs: dict[int, int] = {}
+
+    def record(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        for t in [*args, *kwargs.values()]:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in skip:
+                inputs[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+
+    losses: list[float] = []
+
+    def probe() -> Any:
+        loss, grad = seq.loss_and_grad(flat0.unsqueeze(0), one)
+        losses.append(float(loss[0]))
+        return loss, grad
+
+    handles = [m.register_forward_pre_hook(record, with_kwargs=True) for m in ckpt.layers]
+    try:
+        probe()
+    finally:
+        for h in handles:
+            h.remove()
+    with ckpt.paused():
+        full, largest_full = measure_activations(probe, exclude=[flat0, *star.values()])
+    with torch.no_grad():
+        plain = float(seq._call(seq.layout.split(flat0), one))
+    if not all(math.isclose(x, plain, rel_tol=1e-5, abs_tol=1e-6) for x in losses):
+        raise ValueError(f"With activation checkpointing the loss at w* is {losses[0]:.8g}, without it {plain:.8g}: "
+                         "the model's layers use their training mode for more than checkpointing (dropout?); "
+                         "set activation_checkpointing=False.")
+    recompute = max(0, full - outside[0]) // len(ckpt.layers)
+    return outside[0] + sum(inputs.values()) + recompute, max(outside[1], min(largest_full, recompute))
 
 
 def _layout(chosen: list[tuple[str, torch.Tensor, torch.Tensor | None]], star: dict[str, torch.Tensor],
@@ -462,6 +517,8 @@ def _want_compile(cfg: SGLDConfig, dev: torch.device, flops: float | None) -> tu
     """cfg.compile, or for None: compile long CPU jobs (see _AUTO_COMPILE_FLOPS)."""
     if cfg.compile is not None:
         return bool(cfg.compile), None
+    if cfg.activation_checkpointing:
+        return False, None
     if dev.type != "cpu" or flops is None:
         return False, None
     work = flops * cfg.num_chains * cfg.num_steps
@@ -475,6 +532,8 @@ def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStep
                     flops: float | None, plan: MemoryPlan) -> tuple[Any, str | None]:
     if cfg.vectorize is False or cfg.num_chains == 1:
         return seq, None
+    if cfg.activation_checkpointing:
+        return seq, "activation checkpointing: chains run one at a time"
     if cfg.vectorize is None and plan.chains_per_group == 1:
         return seq, f"memory plan: {plan.describe()}"
     if cfg.vectorize is None and flops is not None:
@@ -556,6 +615,7 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
         "chains_per_group": plan.chains_per_group if path == "vectorized" else 1,
         "micro_batches": plan.micro_batches,
         "in_place_chain": isinstance(stepper, InPlaceStepper),
+        "activation_checkpointing": bool(cfg.activation_checkpointing),
     }
     notes = {"baseline": baseline_method}
     if 0 < dropped < cfg.num_chains:

@@ -145,8 +145,9 @@ def measure_activations(loss_and_grad: Callable[[], Any], *, exclude: list[torch
 
 
 def plan_memory(est: MemoryEstimate, *, num_chains: int, batch_size: int, budget: int,
-                vectorize: bool | None = None) -> MemoryPlan:
-    """The fastest arrangement whose estimated peak fits `budget`; MemoryPlanError if none does."""
+                vectorize: bool | None = None, suggest_checkpointing: bool = False) -> MemoryPlan:
+    """The fastest arrangement whose estimated peak fits `budget`; MemoryPlanError if none does
+    (suggest_checkpointing: the model could run with activation_checkpointing, which is off)."""
     groups = [num_chains] if vectorize else ([1] if vectorize is False or num_chains == 1 else
                                              sorted({num_chains, *range(num_chains - 1, 0, -1)}, reverse=True))
     for group in groups:
@@ -165,6 +166,8 @@ def plan_memory(est: MemoryEstimate, *, num_chains: int, batch_size: int, budget
                "'all') or run on a device with more memory")
     else:
         fix = "shorten the sequences (dataset max length) or run on a device with more memory"
+        if suggest_checkpointing:
+            fix = "switch on activation_checkpointing (fewer saved activations), " + fix
     raise MemoryPlanError(
         f"This estimate needs ~{gib(smallest)} even one chain at a time on one-item micro-batches "
         f"(weights {gib(est.weights)}, sampled state {gib(base - est.weights)}), more than the "

@@ -50,8 +50,13 @@ class LossModule(nn.Module):
         self.model = model
         self._loss_fn = loss_fn
 
-    def forward(self, batch: Any) -> torch.Tensor:
-        return self._loss_fn(self.model, batch)
+    def forward(self, batch: Any, backward: bool = False) -> torch.Tensor:
+        """The loss; with backward, also its backward, run while functional_call's parameters are
+        still in place (an activation-checkpointed layer reads them again when it recomputes)."""
+        loss = self._loss_fn(self.model, batch)
+        if backward:
+            trace_dtype(loss).backward()
+        return loss
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class _Stepper:
         self._grad_buf: torch.Tensor | None = None     # SequentialStepper's reused gradient buffer
         self.compile_error: str | None = None
         self.compile_s = 0.0
+        self.backward_in_call = False     # activation checkpointing: see LossModule.forward
         if compile:
             self.enable_compile()
 
@@ -192,9 +198,9 @@ class _Stepper:
                 out[alias] = value
         return out
 
-    def _call(self, params: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
+    def _call(self, params: dict[str, torch.Tensor], batch: Any, backward: bool = False) -> torch.Tensor:
         return functional_call(self.module, {**self._untie(params), **self._frozen_full}, (batch,),
-                               tie_weights=False)
+                               {"backward": True} if backward else None, tie_weights=False)
 
     def _call_star(self, batch: Any) -> torch.Tensor:
         with torch.no_grad():
@@ -301,8 +307,9 @@ class SequentialStepper(_Stepper):
         for leaf, g in zip(leaves, buf.split(sizes), strict=True):
             leaf.grad = g
         with torch.enable_grad():
-            loss = self._call(self.layout.assemble(leaves), batch)
-            trace_dtype(loss).backward()
+            loss = self._call(self.layout.assemble(leaves), batch, backward=self.backward_in_call)
+            if not self.backward_in_call:
+                trace_dtype(loss).backward()
         return trace_dtype(loss.detach()).reshape(1), buf.unsqueeze(0)
 
     def loss_at_star(self, batch: Any) -> torch.Tensor:

@@ -89,6 +89,7 @@ class JobSpec:
     gamma_hint: float | None = None       # gamma=auto: the same for the localization strength
     dtype: str = "float32"                # the model computes in: float32 | bfloat16 | float16 (SGLD state stays fp32)
     memory_bytes: int | None = None       # memory the job may use on its device (the scheduler's figure for the worker)
+    activation_checkpointing: bool = False  # recompute layer activations in the backward (how it runs: not in the key)
     dataset_fingerprint: str | None = None  # the dataset as submitted: a cached copy is used without listing (not in the key)
 
 
@@ -207,7 +208,7 @@ def _sgld_config(spec: JobSpec) -> Any:
                           batch_size=s.batch_size, seed=spec.seed, baseline=s.baseline, method=s.method,
                           sample_params=spec.sample_params, compile=spec.compile, epsilon_hint=spec.epsilon_hint,
                           gamma_hint=spec.gamma_hint,
-                          memory_bytes=spec.memory_bytes)
+                          memory_bytes=spec.memory_bytes, activation_checkpointing=spec.activation_checkpointing)
     except ValueError as exc:
         raise JobInputError(str(exc)) from exc
 

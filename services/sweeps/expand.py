@@ -74,6 +74,7 @@ def expand_sweep(cfg: LLCConfig, checkpoints: Sequence[CheckpointLike], *, stora
                         checkpoint_uri=ref.uri, fingerprint=ref.fingerprint, step=ref.step, dataset=dataset,
                         sampler=SamplerSpec(**sampler_json), seed=int(seed), device=sweep.device,
                         num_threads=num_threads, sample_params=sampled, compile=sweep.compile, dtype=sweep.dtype,
+                        activation_checkpointing=bool(sweep.activation_checkpointing),
                         dataset_fingerprint=dataset_fingerprint))
                 spec = {**template, "checkpoint_uri": ref.uri, "fingerprint": ref.fingerprint, "step": ref.step,
                         "sampler": sampler_json, "seed": int(seed)}

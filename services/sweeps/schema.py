@@ -111,6 +111,10 @@ class SweepConfig:
     # shape (cached on disk by torch), then fused kernels; pays off for jobs of minutes.
     # null: the estimator decides (CPU jobs of >= 1 TFLOP of steps; never on GPU).
     compile: Optional[bool] = None
+    # Recompute each decoder layer's activations in the backward instead of keeping them (Hugging
+    # Face models that support it): less activation memory for ~one more forward per step; chains
+    # then run one at a time, eagerly. How jobs run, not what they estimate: not in the job key.
+    activation_checkpointing: bool = False
     sample_params: Optional[List[str]] = None   # weight-restricted LLC (fnmatch patterns)
     # One job (and one λ̂ curve) per component: all, embed, unembed, l{L}.attn, l{L}.mlp, l{L}h{H},
     # l{L}g{G}, a+b unions; `heads` = every head of the checkpoints' architecture (workers/llc/components.py).

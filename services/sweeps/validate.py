@@ -63,6 +63,10 @@ def _check_sampler(cfg: LLCConfig) -> None:
     """Every grid point must make a valid SGLDConfig (the worker would refuse it otherwise)."""
     from workers.llc import SGLDConfig
 
+    try:
+        SGLDConfig(compile=cfg.sweep.compile, activation_checkpointing=cfg.sweep.activation_checkpointing)
+    except ValueError as exc:
+        raise SweepRefused(f"{str(exc).rstrip('.')}; fix the sweep.* override.") from exc
     for point in sampler_points(cfg.sampler):
         try:
             SGLDConfig(epsilon=point["epsilon"], gamma=point["gamma"], nbeta=point["nbeta"],

@@ -612,6 +612,7 @@ def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, base
         "baseline_item_table": baseline_method == "item_table",
         "memory_estimate_bytes": int(plan.peak_bytes),
         "memory_budget_bytes": int(plan.budget_bytes),
+        "memory_activations_per_item": int(plan.estimate.activations_per_item),   # the probe's, per chain
         "chains_per_group": plan.chains_per_group if path == "vectorized" else 1,
         "micro_batches": plan.micro_batches,
         "in_place_chain": isinstance(stepper, InPlaceStepper),

@@ -10,6 +10,7 @@ from services.store.db import session_scope
 from services.store.models import Job, Sweep
 from services.sweeps.config import load_config
 from services.sweeps.submit import SubmitError, submit_sweep
+from services.sweeps.validate import SweepRefused
 from tests.services.sweeps.tiny_runs import tiny_overrides
 
 
@@ -40,6 +41,13 @@ def test_submit_writes_jobs_and_resubmit_reuses_them(storage: str, db: str) -> N
     # How a job runs (torch.compile) is not what it estimates: same job keys, nothing new.
     compiled = submit_sweep(load_config([*tiny_overrides(storage), "sweep.compile=true"]), submitted_by="tester")
     assert (compiled.new, compiled.already_queued) == (0, 6)
+    assert all(sp["activation_checkpointing"] is False for sp in specs)
+    ckpt = submit_sweep(load_config([*tiny_overrides(storage), "sweep.activation_checkpointing=true"]),
+                        submitted_by="tester")
+    assert (ckpt.new, ckpt.already_queued) == (0, 6)
+    with pytest.raises(SweepRefused, match=r"cannot combine with compile=True.*fix the sweep\.\* override"):
+        submit_sweep(load_config([*tiny_overrides(storage), "sweep.activation_checkpointing=true", "sweep.compile=true"]),
+                     submitted_by="tester")
 
 
 def test_invalid_override_writes_nothing(storage: str, db: str, capsys: pytest.CaptureFixture[str]) -> None:

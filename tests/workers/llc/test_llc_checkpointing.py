@@ -38,31 +38,8 @@ def test_checkpointed_chains_match_plain_ones_in_fewer_activation_bytes(sample: 
     np.testing.assert_allclose(ckpt.llc_per_chain, plain.llc_per_chain, rtol=1e-4, atol=1e-5)
     assert ckpt.path == "sequential" and ckpt.diagnostics["activation_checkpointing"]
     assert not plain.diagnostics["activation_checkpointing"]
-    # The plan's probe: fewer activation bytes, hence a smaller estimated peak at the same state.
-    assert ckpt.diagnostics["memory_estimate_bytes"] < plain.diagnostics["memory_estimate_bytes"] or \
-        ckpt.diagnostics["in_place_chain"] != plain.diagnostics["in_place_chain"]
-
-
-def test_probe_measures_fewer_saved_activations() -> None:
-    from workers.llc import estimator
-
-    seen: dict[bool, int] = {}
-    real = estimator.MemoryEstimate
-
-    def spy(**kw):
-        seen[bool(spy.on)] = kw["activations_per_item"]
-        return real(**kw)
-
-    model = tiny("gpt_neox")
-    for on in (False, True):
-        spy.on = on
-        estimator.MemoryEstimate = spy
-        try:
-            estimate_llc(model, causal_lm_loss, _Tokens(),
-                         config=_cfg(num_chains=1, num_draws=2, num_burnin=0, activation_checkpointing=on))
-        finally:
-            estimator.MemoryEstimate = real
-    assert 0 < seen[True] < seen[False]
+    # The plan's probe: fewer saved-activation bytes per item with checkpointing on.
+    assert 0 < ckpt.diagnostics["memory_activations_per_item"] < plain.diagnostics["memory_activations_per_item"]
 
 
 def test_model_comes_back_as_it_was() -> None:

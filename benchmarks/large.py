@@ -89,7 +89,7 @@ def load_tokens(root: Path):
 
 # ------------------------------------------------------------------ sides (each in a fresh process)
 def ours(root: Path, shape: str, component: str, chains: int, draws: int, threads: int, compile_: str,
-         dtype: str, memory_gib: float | None = None) -> dict:
+         dtype: str, memory_gib: float | None = None, checkpointing: bool = False) -> dict:
     import torch
 
     from workers.checkpoints import inspect_checkpoint
@@ -109,7 +109,8 @@ def ours(root: Path, shape: str, component: str, chains: int, draws: int, thread
                    seed=0, device="cpu", num_threads=threads, cache_dir=str(root / "cache"),
                    sample_params=None if component == "all" else (component,),
                    compile={"auto": None, "on": True, "off": False}[compile_], dtype=dtype,
-                   memory_bytes=int(memory_gib * 2**30) if memory_gib else None)
+                   memory_bytes=int(memory_gib * 2**30) if memory_gib else None,
+                   activation_checkpointing=checkpointing)
     before = rss()
     res = run_job(spec)
     d = res.diagnostics
@@ -118,6 +119,7 @@ def ours(root: Path, shape: str, component: str, chains: int, draws: int, thread
             "llc_mean": res.llc_mean, "llc_std": res.llc_std, "peak": peak_rss() - before,
             "estimate": d.get("memory_estimate_bytes"), "path": res.extra["path"], "compiled": d.get("compiled"),
             "micro": d.get("micro_batches"), "sampled": d.get("num_sampled_params"),
+            "acts_per_item": d.get("memory_activations_per_item"),
             "per_chain": res.llc_per_chain, "baseline": res.baseline_loss, "init_loss": res.init_loss,
             "nbeta": res.nbeta, "loss_trace": res.loss_trace}
 
@@ -202,11 +204,13 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--skip-devinterp", action="store_true")
     ap.add_argument("--memory-gib", type=float, help="our job's memory budget (weights included); default: free memory")
+    ap.add_argument("--activation-checkpointing", action="store_true", help="our job recomputes layer activations")
     args = ap.parse_args()
     root = Path(args.root)
     if args.side:
         shape, comp = args.shapes, args.components
-        out = (ours(root, shape, comp, args.chains, args.draws, args.threads, args.compile, args.dtype, args.memory_gib)
+        out = (ours(root, shape, comp, args.chains, args.draws, args.threads, args.compile, args.dtype, args.memory_gib,
+                    args.activation_checkpointing)
                if args.side == "ours" else
                devinterp(root, shape, comp, args.chains, args.draws, args.threads) if args.side == "devinterp" else
                reference(root, shape, args.threads))
@@ -214,7 +218,8 @@ def main() -> None:
         return
     root.mkdir(parents=True, exist_ok=True)
     print(f"load: {os.getloadavg()}; {args.chains} chains x {args.draws} draws, batch {BATCH} x {SEQ}, "
-          f"threads {args.threads}, compile {args.compile}, dtype {args.dtype}", flush=True)
+          f"threads {args.threads}, compile {args.compile}, dtype {args.dtype}, "
+          f"activation checkpointing {'on' if args.activation_checkpointing else 'off'}", flush=True)
     me = Path(__file__)
     common = ["--root", str(root), "--chains", str(args.chains), "--draws", str(args.draws), "--threads", str(args.threads)]
     for shape in args.shapes.split(","):
@@ -225,6 +230,7 @@ def main() -> None:
               f"weights + activations (one fwd+bwd) {ref['peak'] / gib:.3f} GiB", flush=True)
         for comp in args.components.split(","):
             budget = ["--memory-gib", str(args.memory_gib)] if args.memory_gib else []
+            budget += ["--activation-checkpointing"] if args.activation_checkpointing else []
             o = run_json(me, ["--side", "ours", "--shapes", shape, "--components", comp, "--compile", args.compile,
                               "--dtype", args.dtype, *budget, *common], python=Path(sys.executable))
             line = (f"  {comp:<5} ours      {o['wall_s'] / o['steps']:7.3f} s/chain-step  peak {o['peak'] / gib:6.3f} GiB "
@@ -232,7 +238,8 @@ def main() -> None:
                     f"= {o['peak'] / ref['peak']:.2f}x weights+acts  llc {o['llc_mean']:.2f} +- {o['llc_std']:.2f}")
             print(line, flush=True)
             save_row(root, "ours", shape, comp, o)
-            print(f"        sampling alone {o['sampling_s'] / o['steps']:.3f} s/chain-step, CPU {o['cpu_s'] / o['steps']:.3f} s/chain-step"
+            print(f"        plan's activations {o['acts_per_item'] / 2**20:.1f} MiB/item; "
+                  f"sampling alone {o['sampling_s'] / o['steps']:.3f} s/chain-step, CPU {o['cpu_s'] / o['steps']:.3f} s/chain-step"
                   f"{', compiled (compile ' + format(o['compile_s'], '.0f') + ' s)' if o['compiled'] else ''}", flush=True)
             if args.skip_devinterp:
                 continue

@@ -1,7 +1,7 @@
 """One demo-training variant, its λ̂ curve and its stages (figures for docs/induction_split.md).
 
     python benchmarks/induction_split.py NAME [--seed 0] [--steps 1500] [--lr 2e-3] [--weight-decay 1.0]
-        [--warmup-steps 50] [--skip-bigram 0.1] [--vocab-size 64] [--checkpoints 40] [--every 2] [--min-step 0]
+        [--warmup-steps 50] [--skip-bigram 0.1] [--skip-bigram-period 4] [--vocab-size 64] [--checkpoints 40] [--every 2] [--min-step 0]
 
 Trains the run with `workers.demo_training.train_demo` (under $LLC_HOME/objects/induction-split/),
 estimates λ̂ at every `--every`-th log-spaced checkpoint from `--min-step` on (and the last) with
@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--warmup-steps", type=int, default=50)
     ap.add_argument("--skip-bigram", type=float, default=0.0)
+    ap.add_argument("--skip-bigram-period", type=int, default=1)
     ap.add_argument("--vocab-size", type=int, default=64)
     ap.add_argument("--checkpoints", type=int, default=40)
     ap.add_argument("--every", type=int, default=2, help="estimate λ̂ at every n-th checkpoint")
@@ -70,7 +71,7 @@ def main() -> None:
 
     settings = DemoSettings(steps=a.steps, num_checkpoints=a.checkpoints, seed=a.seed, lr=a.lr,
                             weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, skip_bigram=a.skip_bigram,
-                            vocab_size=a.vocab_size)
+                            skip_bigram_period=a.skip_bigram_period, vocab_size=a.vocab_size)
     home = Path(os.environ.get("LLC_HOME", Path.home() / ".llc"))
     root = home / "objects" / "induction-split" / f"{a.name}-s{a.seed}"
     started = time.perf_counter()

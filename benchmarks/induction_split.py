@@ -97,12 +97,16 @@ def main() -> None:
               f"|w| {n['all']:.1f} ln0 {n['ln0']:.2f} ln1 {n['ln1']:.2f} lnf {n['lnf']:.2f}", flush=True)
     lambda_s = time.perf_counter() - started
 
+    load = os.getloadavg()
+    # Written before the stage analysis, so the per-chain λ̂ (minutes of work) survive a failure there.
+    Path(f"{a.name}-s{a.seed}.json").write_text(json.dumps(
+        dict(args=vars(a), rows=rows, train_s=train_s, lambda_s=lambda_s, load=load), indent=1))
     steps = [r["step"] for r in rows]
     found = bootstrap_stages(steps, [r["per_chain"] for r in rows], loss_steps=steps,
                              loss=[r["loss"] for r in rows], replicates=100)
 
     def at(step: float, key: str) -> float:
-        return float(np.interp(step, steps, [r[key][0] if isinstance(r[key], list) else r[key] for r in rows]))
+        return float(np.interp(step, steps, [r[key][0] if isinstance(r[key], (list, tuple)) else r[key] for r in rows]))
 
     for su in found.stages:
         s = su.stage
@@ -111,11 +115,8 @@ def main() -> None:
         print(f"stage {s.index + 1}: {su.interval_text('start')} – {su.interval_text('end')}  {s.kind} ({probs})  "
               f"Δλ̂ {s.llc_change:+.1f}  Δloss {s.loss_change:+.3f}  Δprev0 {d['prev0']:+.2f}  "
               f"Δind1 {d['ind1']:+.2f}  Δin-context {d['icl']:+.2f}  resolved={su.resolved}")
-    load = os.getloadavg()
     print(f"{a.name} seed {a.seed}: training {train_s:.0f} s, λ̂ {lambda_s:.0f} s at {len(rows)} checkpoints, "
           f"load {load[0]:.1f}")
-    Path(f"{a.name}-s{a.seed}.json").write_text(json.dumps(
-        dict(args=vars(a), rows=rows, train_s=train_s, lambda_s=lambda_s, load=load), indent=1))
 
 
 if __name__ == "__main__":

@@ -206,13 +206,18 @@ def skip_bigram_map(vocab_size: int) -> np.ndarray:
     return np.random.default_rng(10_007).permutation(vocab_size).astype(np.int64)
 
 
-def _add_skip_bigrams(tokens: np.ndarray, rng: np.random.Generator, rate: float, vocab_size: int) -> None:
+def _add_skip_bigrams(tokens: np.ndarray, rng: np.random.Generator, rate: float, vocab_size: int,
+                      period: int = 1) -> None:
     """With probability `rate`, token t becomes map[token t − 2]: predictable from the token two
     back, which a layer-0 previous-token head hands to position t − 1 (a half induction circuit
-    that pays off on its own)."""
+    that pays off on its own). `period` > 1 restricts it to positions t ≡ 0 (mod period): the
+    structure is then tied to absolute positions, so attention keyed on the position embeddings
+    of those positions alone fits it (a positional table rather than a shift-invariant head)."""
     table = skip_bigram_map(vocab_size)
     pick = rng.random(tokens.shape) < rate
     pick[:, :2] = False
+    if period > 1:
+        pick[:, np.arange(tokens.shape[1]) % period != 0] = False
     for t in np.nonzero(pick.any(0))[0]:  # left to right, so a chain of picks stays consistent
         rows = pick[:, t]
         tokens[rows, t] = table[tokens[rows, t - 2]]
@@ -220,22 +225,26 @@ def _add_skip_bigrams(tokens: np.ndarray, rng: np.random.Generator, rate: float,
 
 def induction_sequences(*, num_sequences: int, seq_len: int, vocab_size: int, seed: int | np.random.Generator,
                         min_segment: int | None = None, max_segment: int | None = None,
-                        skip_bigram: float = 0.0) -> InductionBatch:
+                        skip_bigram: float = 0.0, skip_bigram_period: int = 1) -> InductionBatch:
     """Uniform random tokens in which a random segment appears twice at random offsets.
 
     Only an induction circuit predicts the second copy: find the earlier occurrence of the
     current token and copy the token after it. The random offsets rule out positional shortcuts.
     `skip_bigram` > 0 adds structure a previous-token head alone can use (see _add_skip_bigrams),
-    laid down before the segment is copied so the copy stays exact.
+    laid down before the segment is copied so the copy stays exact; `skip_bigram_period` > 1
+    lays it only at positions that are multiples of the period.
     """
     if not 0.0 <= skip_bigram < 1.0:
         raise DatasetError(f"skip_bigram is a probability in [0, 1), got {skip_bigram}; pick e.g. 0.2.")
+    if skip_bigram_period < 1:
+        raise DatasetError(f"skip_bigram_period is a positive number of positions, got {skip_bigram_period}; "
+                           "1 puts skip-bigrams anywhere.")
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     lo = min_segment or max(2, seq_len // 6)
     hi = max_segment or max(lo, seq_len // 2)
     tokens = rng.integers(0, vocab_size, size=(num_sequences, seq_len), dtype=np.int64)
     if skip_bigram > 0:
-        _add_skip_bigrams(tokens, rng, skip_bigram, vocab_size)
+        _add_skip_bigrams(tokens, rng, skip_bigram, vocab_size, skip_bigram_period)
     in_context = np.zeros((num_sequences, seq_len), dtype=bool)
     source = np.full((num_sequences, seq_len), -1, dtype=np.int64)
     lengths = rng.integers(lo, hi + 1, size=num_sequences)

@@ -51,6 +51,7 @@ class DemoSettings:
     dataset_sequences: int = 1024
     eval_sequences: int = 256
     skip_bigram: float = 0.0        # share of tokens set by the token two back (workers.datasets)
+    skip_bigram_period: int = 1     # > 1: skip-bigrams only at positions that are multiples of it
 
 
 @dataclass
@@ -123,7 +124,8 @@ def _existing_run(run_uri: str, settings: DemoSettings) -> list[dict] | None:
         stored = json.loads(store.get_bytes(TRAIN_CONFIG))
     except (ValueError, OSError):
         return None
-    if stored != asdict(settings):
+    # A field added since the run was written was trained at its default (new fields keep the old behaviour).
+    if {**asdict(DemoSettings()), **stored} != asdict(settings):
         return None
     try:
         refs = discover_checkpoints(run_uri)
@@ -188,7 +190,8 @@ def train_demo(run_uri: str, settings: DemoSettings | None = None, *, force: boo
 def _train(run_uri: str, settings: DemoSettings, *, show_progress: bool) -> list[dict]:
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    task = dict(seq_len=settings.seq_len, vocab_size=settings.vocab_size, skip_bigram=settings.skip_bigram)
+    task = dict(seq_len=settings.seq_len, vocab_size=settings.vocab_size, skip_bigram=settings.skip_bigram,
+                skip_bigram_period=settings.skip_bigram_period)
     dataset = induction_sequences(num_sequences=settings.dataset_sequences, seed=settings.seed + 1, **task)
     write_token_dataset(join_uri(run_uri, DATASET_PREFIX), dataset.tokens, vocab_size=settings.vocab_size)
     held_out = induction_sequences(num_sequences=settings.eval_sequences, seed=settings.seed + 2, **task)

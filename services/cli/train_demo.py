@@ -29,6 +29,9 @@ def register(subparsers: Any) -> None:
                    help="steps of linear learning-rate warm-up (default 50)")
     p.add_argument("--skip-bigram", type=float, default=None, metavar="P",
                    help="share of tokens set by the token two back, a task a previous-token head solves alone (default 0)")
+    p.add_argument("--skip-bigram-period", type=int, default=None, metavar="K",
+                   help="lay skip-bigrams only at positions that are multiples of K, structure tied to absolute "
+                        "position (default 1: anywhere)")
     p.add_argument("--dataset-sequences", type=int, default=None,
                    help="sequences in the λ̂ dataset written to <run>/dataset (default 1024)")
     p.add_argument("--force", action="store_true",
@@ -56,9 +59,12 @@ def _train_demo(args: argparse.Namespace) -> int:
         raise UserError(f"--warmup-steps must be >= 0, got {args.warmup_steps}.")
     if args.skip_bigram is not None and not 0 <= args.skip_bigram < 1:
         raise UserError(f"--skip-bigram is a probability in [0, 1), got {args.skip_bigram}; try 0.2.")
+    if args.skip_bigram_period is not None and args.skip_bigram_period < 1:
+        raise UserError(f"--skip-bigram-period must be at least 1, got {args.skip_bigram_period}.")
     chosen = {"steps": args.steps, "num_checkpoints": args.checkpoints, "seed": args.seed, "lr": args.lr,
               "dataset_sequences": args.dataset_sequences, "skip_bigram": args.skip_bigram,
-              "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps}
+              "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps,
+              "skip_bigram_period": args.skip_bigram_period}
     settings = DemoSettings(**{k: v for k, v in chosen.items() if v is not None})
     out = args.out or default_run_uri()
     try:

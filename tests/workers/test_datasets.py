@@ -114,3 +114,23 @@ def test_skip_bigrams_follow_the_fixed_map_and_keep_the_copy_exact() -> None:
     assert (tok[rows, cols] == tok[rows, batch.source[rows, cols]]).all()
     with pytest.raises(DatasetError, match="skip_bigram is a probability"):
         induction_sequences(num_sequences=1, seq_len=8, vocab_size=8, seed=0, skip_bigram=1.5)
+
+
+def test_skip_bigram_period_ties_the_structure_to_absolute_positions() -> None:
+    from workers.datasets import skip_bigram_map
+
+    batch = induction_sequences(num_sequences=600, seq_len=32, vocab_size=64, seed=5, skip_bigram=0.9,
+                                skip_bigram_period=4)
+    tok, table = batch.tokens, skip_bigram_map(64)
+    follows = tok[:, 2:] == table[tok[:, :-2]]          # column j is position j + 2
+    on = (np.arange(2, 32) % 4) == 0
+    # At multiples of 4: the map at rate 0.9 (less where the repeated segment overwrote it).
+    assert follows[:, on].mean() > 0.6
+    # Elsewhere only chance (1/64) and what the copied segment carries over from an earlier multiple of 4.
+    assert follows[:, ~on].mean() < 0.1
+    rows, cols = np.nonzero(batch.in_context)
+    assert (tok[rows, cols] == tok[rows, batch.source[rows, cols]]).all()
+    anywhere = induction_sequences(num_sequences=600, seq_len=32, vocab_size=64, seed=5, skip_bigram=0.9)
+    assert (anywhere.tokens[:, 2:] == table[anywhere.tokens[:, :-2]])[:, ~on].mean() > 0.6
+    with pytest.raises(DatasetError, match="skip_bigram_period is a positive number"):
+        induction_sequences(num_sequences=1, seq_len=8, vocab_size=8, seed=0, skip_bigram=0.2, skip_bigram_period=0)

@@ -88,3 +88,20 @@ def test_rerun_reuses_and_a_foreign_prefix_is_refused(tiny_run: DemoRun) -> None
     with pytest.raises(DemoRunError, match=f"{tiny_run.run_uri} already holds other objects.*--force"):
         train_demo(tiny_run.run_uri, other, show_progress=False)
     assert len(discover_checkpoints(tiny_run.run_uri)) == TINY.num_checkpoints   # nothing destroyed
+
+
+def test_a_run_written_before_a_settings_field_existed_is_still_reused(tmp_path: Path) -> None:
+    import json
+
+    settings = DemoSettings(steps=4, num_checkpoints=3, dataset_sequences=8, eval_sequences=16)
+    first = train_demo(tmp_path.as_uri(), settings, show_progress=False)
+    config = tmp_path / "train_config.json"
+    stored = json.loads(config.read_text())
+    del stored["skip_bigram_period"]          # what a run trained before the field was added holds
+    config.write_text(json.dumps(stored))
+    again = train_demo(tmp_path.as_uri(), settings, show_progress=False)
+    assert again.reused and again.checkpoints == first.checkpoints
+    # ...but not as a run with the new field set away from its default.
+    with pytest.raises(DemoRunError, match="already holds other objects"):
+        train_demo(tmp_path.as_uri(), DemoSettings(**{**settings.__dict__, "skip_bigram_period": 4}),
+                   show_progress=False)

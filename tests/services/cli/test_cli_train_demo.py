@@ -56,3 +56,8 @@ def test_weight_decay_and_warmup_reach_the_run(capsys: pytest.CaptureFixture[str
                  "--weight-decay", "2.0", "--warmup-steps", "0", "--out", out.as_uri()]) == 0
     config = json.loads((out / "train_config.json").read_text())
     assert (config["weight_decay"], config["warmup_steps"]) == (2.0, 0)
+
+
+def test_skip_bigram_period_must_be_positive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train-demo", "--skip-bigram", "0.3", "--skip-bigram-period", "0", "--out", tmp_path.as_uri()]) == 2
+    assert "--skip-bigram-period must be at least 1, got 0" in capsys.readouterr().err

@@ -5,8 +5,8 @@
 Both sides run 4 chains x 200 draws (no burn-in) with the same eps, gamma, nbeta on
 (a) a 10->5 linear regression, n = 10,000, batch 256, and (b) a 2-layer GPT-2-style model
 (d_model 64, context 64), batch 32. devinterp runs in its own venv (benchmarks/devinterp_venv.py:
-/work/venv-devinterp, else .bench-venv, created if missing) in a subprocess that re-runs this file with --devinterp-side; data and
-weights travel as safetensors files so both sides see identical inputs. The same process
+/work/venv-devinterp, else .bench-venv, created if missing) in a subprocess that re-runs this
+file with --devinterp-side; data and weights travel as safetensors files so both sides see identical inputs. The same process
 also times our sequential-chain path as the in-process baseline, and for (b) measures the
 fp32 matmul peak to report achieved FLOP/s as a fraction of it. (a) takes each side's best
 of --repeat-a runs and (b) of --repeat-b runs (both sides alike), which damps noise from other

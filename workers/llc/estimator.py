@@ -261,7 +261,7 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
 
     def gamma_scan(c: float, *, slow: bool = False) -> GammaCalibration:
         """The gamma scan with every pilot at dimensionless step c (slow: the step-up's pilots)."""
-        eps = c / (nbeta * scale)
+        eps = pilot_eps if c == pilot_c else c / (nbeta * scale)   # the floor: exactly the configured step
 
         def gamma_pilot(gamma: float) -> GammaPilot:
             burn, draws = pilot_steps(cfg.num_burnin, c, gamma / nbeta, slow=slow)
@@ -290,7 +290,7 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
         res = _with_gamma_calibration(at_gamma(cal.gamma, cal.epsilon), cal)
         if cfg.epsilon == AUTO:
             pick = next(p for p in reversed(cal.points) if p.pilot.gamma == cal.gamma and p.pilot.stats.epsilon == cal.epsilon)
-            where = ("the epsilon grid's smallest step" if c == pilot_c
+            where = ("the epsilon grid's smallest step" if cal.epsilon == pilot_eps
                      else f"raised from {pilot_c:g}, where no gamma pilot passed")
             res = _with_calibration(res, Calibration(
                 epsilon=cal.epsilon, scale=scale, num_burnin=_burnin_of(res),

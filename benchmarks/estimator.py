@@ -4,9 +4,9 @@
 
 Both sides run 4 chains x 200 draws (no burn-in) with the same eps, gamma, nbeta on
 (a) a 10->5 linear regression, n = 10,000, batch 256, and (b) a 2-layer GPT-2-style model
-(d_model 64, context 64), batch 32. devinterp runs in its own venv (.bench-venv, created
-here if missing) in a subprocess that re-runs this file with --devinterp-side; data and
-weights travel as safetensors files so both sides see identical inputs. The same process
+(d_model 64, context 64), batch 32. devinterp runs in its own venv (benchmarks/devinterp_venv.py:
+/work/venv-devinterp, else .bench-venv, created if missing) in a subprocess that re-runs this
+file with --devinterp-side; data and weights travel as safetensors files so both sides see identical inputs. The same process
 also times our sequential-chain path as the in-process baseline, and for (b) measures the
 fp32 matmul peak to report achieved FLOP/s as a fraction of it. (a) takes each side's best
 of --repeat-a runs and (b) of --repeat-b runs (both sides alike), which damps noise from other
@@ -28,7 +28,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV = ROOT / ".bench-venv"
 CHAINS, DRAWS = 4, 200
 A = dict(n=10_000, d_in=10, d_out=5, batch=256, eps=1e-4, gamma=100.0)
 B = dict(n=2_048, vocab=256, ctx=64, d_model=64, layers=2, heads=4, batch=32, eps=1e-4, gamma=100.0)
@@ -158,18 +157,11 @@ def devinterp_side(problem: str, tmp: Path, repeat: int = 1) -> dict:
     return {"wall_s": wall, "llc_mean": mean, "llc_std": std, "per_chain": per_chain}
 
 
-def ensure_venv() -> Path:
-    py = VENV / "bin" / "python"
-    if not py.exists():
-        print(f"creating {VENV} (torch==2.13.0 first, then devinterp==2.0.1) ...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "devinterp==2.0.1"], check=True)
-    return py
-
-
 def run_devinterp(problem: str, tmp: Path, threads: int, repeat: int = 1) -> dict:
-    py = ensure_venv()
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.devinterp_venv import ensure_python
+
+    py = ensure_python()
     proc = subprocess.run([str(py), __file__, "--devinterp-side", problem, "--tmp", str(tmp), "--threads", str(threads),
                            "--repeat-a", str(repeat)],
                           capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})

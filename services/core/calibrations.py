@@ -21,7 +21,7 @@ class Calibrated:
 EPSILON = Calibrated(name="epsilon", record="calibration", hint="epsilon_hint", symbol="ε",
                      pilot_metrics=("epsilon", "llc_mean", "llc_se", "r_hat", "drift_z"))
 GAMMA = Calibrated(name="gamma", record="gamma_calibration", hint="gamma_hint", symbol="γ",
-                   pilot_metrics=("gamma", "ratio", "llc_mean", "llc_se", "rise", "rise_se", "dist_ratio", "r_hat",
-                                  "drift_z"))
+                   pilot_metrics=("gamma", "ratio", "epsilon", "llc_mean", "llc_se", "rise", "rise_se", "dist_ratio",
+                                  "r_hat", "drift_z"))
 CALIBRATED: tuple[Calibrated, ...] = (EPSILON, GAMMA)
 BY_NAME = {c.name: c for c in CALIBRATED}

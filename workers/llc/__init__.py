@@ -18,7 +18,7 @@ from .result import LLCResult
 # Part of job keys: bump when a change can alter results for the same inputs.
 # 2.0: batches with replacement (removes an upward bias), rank-normalized diagnostics,
 #      float64 losses kept, epsilon="auto", rmsprop_sgld.  1.1: paired baselines from the per-item table.
-ESTIMATOR_VERSION = "2.0.0"
+ESTIMATOR_VERSION = "2.1.0"
 
 __all__ = ["ESTIMATOR_VERSION", "LLCResult", "SGLDConfig", "estimate_llc", "ess", "ess_bulk", "ess_tail",
            "rank_r_hat", "split_r_hat"]

@@ -25,8 +25,8 @@ from .checkpointing import Checkpointing, enable_checkpointing
 from .components import resolve_selection
 from .config import AUTO, SGLDConfig
 from .data import BatchSource, IndexStream, chain_generator
-from .localization import (PILOT_STEP, GammaCalibration, GammaPilot, calibrate_gamma, carried_gamma, pilot_steps,
-                           relax_steps)
+from .localization import (PILOT_STEP, STEP_UP, GammaCalibration, GammaPilot, calibrate_gamma, carried_gamma,
+                           pilot_steps, relax_steps)
 from .diagnostics import drift_z, ess_bulk, ess_tail, r_hat_bulk, r_hat_tail
 from .memory import MemoryEstimate, MemoryPlan, free_memory, measure_activations, plan_memory
 from .result import LLCResult
@@ -267,12 +267,21 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     pilot_eps = float(cfg.epsilon) if cfg.epsilon != AUTO else PILOT_STEP / (nbeta * scale)
     pilot_c = pilot_eps * nbeta * scale
 
-    def gamma_pilot(gamma: float) -> GammaPilot:
-        burn, draws = pilot_steps(cfg.num_burnin, pilot_c, gamma / nbeta)
-        run = replace(cfg, epsilon=pilot_eps, gamma=gamma, num_burnin=burn, num_draws=draws, epsilon_hint=None,
-                      gamma_hint=None)
-        records, seconds = sample(run, None, track_distance=True)
-        return _gamma_pilot(summarize(records, run, seconds), records)
+    def gamma_scan(c: float, *, slow: bool = False) -> GammaCalibration:
+        """The gamma scan with every pilot at dimensionless step c (slow: the step-up's pilots)."""
+        eps = pilot_eps if c == pilot_c else c / (nbeta * scale)   # the floor: exactly the configured step
+
+        def gamma_pilot(gamma: float) -> GammaPilot:
+            burn, draws = pilot_steps(cfg.num_burnin, c, gamma / nbeta, slow=slow)
+            run = replace(cfg, epsilon=eps, gamma=gamma, num_burnin=burn, num_draws=draws, epsilon_hint=None,
+                          gamma_hint=None)
+            records, seconds = sample(run, None, track_distance=True)
+            return _gamma_pilot(summarize(records, run, seconds), records)
+
+        cal = calibrate_gamma(gamma_pilot, nbeta=nbeta, epsilon=eps, skip_failures=slow,
+                              cost=lambda g: sum(pilot_steps(cfg.num_burnin, c, g, slow=slow)),
+                              max_steps=cfg.gamma_pilot_steps)
+        return replace(cal, steps_tried=(c,))
 
     def at_gamma(gamma: float, eps: float) -> LLCResult:
         """The run at gamma and a numeric eps, with the burn-in the localization needs to relax there."""
@@ -282,15 +291,19 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
         return at_epsilon(run)
 
     def scanned() -> LLCResult:
-        cal = calibrate_gamma(gamma_pilot, nbeta=nbeta, epsilon=pilot_eps,
-                              cost=lambda g: sum(pilot_steps(cfg.num_burnin, pilot_c, g)), max_steps=cfg.gamma_pilot_steps)
-        res = _with_gamma_calibration(at_gamma(cal.gamma, pilot_eps), cal)
+        cal = gamma_scan(pilot_c)
+        if cfg.epsilon == AUTO and not any(p.usable for p in cal.points):
+            cal = _step_up(cal, gamma_scan)
+        c = cal.epsilon * nbeta * scale
+        res = _with_gamma_calibration(at_gamma(cal.gamma, cal.epsilon), cal)
         if cfg.epsilon == AUTO:
-            pick = next(p for p in cal.points if p.pilot.gamma == cal.gamma)
+            pick = next(p for p in reversed(cal.points) if p.pilot.gamma == cal.gamma and p.pilot.stats.epsilon == cal.epsilon)
+            where = ("the epsilon grid's smallest step" if cal.epsilon == pilot_eps
+                     else f"raised from {pilot_c:g}, where no gamma pilot passed")
             res = _with_calibration(res, Calibration(
-                epsilon=pilot_eps, scale=scale, num_burnin=_burnin_of(res),
-                points=[CalibrationPoint(step=pilot_c, stats=pick.pilot.stats, usable=pick.usable, why=pick.why)],
-                reason=(f"gamma=auto: the gamma pilots ran at eps*nbeta*s = {pilot_c:g} (the epsilon grid's smallest step) "
+                epsilon=cal.epsilon, scale=scale, num_burnin=_burnin_of(res),
+                points=[CalibrationPoint(step=c, stats=pick.pilot.stats, usable=pick.usable, why=pick.why)],
+                reason=(f"gamma=auto: the gamma pilots ran at eps*nbeta*s = {c:g} ({where}) "
                         + ("and the picked gamma's pilot passed there" if pick.usable
                            else f"and the picked gamma's pilot failed there too ({pick.why})"))))
         return res
@@ -313,6 +326,34 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
             eps_kept.num_burnin = _burnin_of(res)
             res = _with_calibration(res, eps_kept)
     return res
+
+
+def _step_up(floor: GammaCalibration, scan: Callable[..., GammaCalibration]) -> GammaCalibration:
+    """No gamma pilot passed at the floor step: rescan at the larger STEP_UP steps (localization.py).
+
+    Each rung's pilots are slow ones (draws as long as their burn-in); the step goes up until a
+    rung's scan shows lambda_hat stopped rising, or to the top rung, since a larger step reaches a
+    weaker gamma within the budget. The pick is the last rung with a usable pilot (the floor's
+    record when none has one); the record holds every rung's pilots."""
+    points, steps, tried = list(floor.points), floor.pilot_chain_steps, list(floor.steps_tried)
+    best: GammaCalibration | None = None
+    for c in STEP_UP:
+        rung = scan(c, slow=True)
+        points += rung.points
+        steps += rung.pilot_chain_steps
+        tried.append(c)
+        if any(p.usable for p in rung.points):
+            best = rung
+            if rung.settled:
+                break
+    why = floor.points[0].why if floor.points else ""
+    if best is None:
+        return replace(floor, points=points, pilot_chain_steps=steps, steps_tried=tuple(tried),
+                       reason=f"{floor.reason}; no gamma pilot passed at the larger steps {', '.join(f'{c:g}' for c in STEP_UP)} either")
+    c = best.steps_tried[0]
+    return replace(best, points=points, pilot_chain_steps=steps, steps_tried=tuple(tried),
+                   reason=(f"no gamma pilot passed at eps*nbeta*s = {floor.steps_tried[0]:g} (e.g. {why}): "
+                           f"the pilots' step went up to {c:g}; there: {best.reason}"))
 
 
 def _burnin_of(res: LLCResult) -> int:

@@ -39,6 +39,12 @@ PILOT_TIME = 20.0          # draws of a gamma pilot at dimensionless step c: PIL
 RELAX_TIMES = 2.0          # burn-in: at least this many relaxation times 1/(c g) of the localization
 PILOT_STEP = 0.01          # c = eps * nbeta * s of the pilots when epsilon is "auto" (calibration.GRID's smallest)
 MAX_PILOT_STEPS = 30_000   # default SGLDConfig.gamma_pilot_steps: the scan ends before a pilot that needs more
+# With epsilon "auto", when no pilot passes at PILOT_STEP the scan is repeated at these larger steps
+# (the step-up): a loss with no stiff direction at w* (the normal crossing w1 w2^2 x: zero curvature
+# there) leaves lambda_hat to directions held by gamma alone, which at c = 0.01 do not mix within
+# the budget. Not above 1: there SGLD inflates a unit-curvature direction's variance by 1/(1 - c/4)
+# = 1.33, and on the normal crossing c = 3 gave +30% (c = 1 and 0.3 agreed with the exact value).
+STEP_UP = (0.1, 1.0)
 
 
 def relax_steps(step: float, ratio: float) -> int:
@@ -46,14 +52,17 @@ def relax_steps(step: float, ratio: float) -> int:
     return int(math.ceil(RELAX_TIMES / (step * ratio))) if step * ratio > 0 else 0
 
 
-def pilot_steps(num_burnin: int, step: float, ratio: float) -> tuple[int, int]:
+def pilot_steps(num_burnin: int, step: float, ratio: float, *, slow: bool = False) -> tuple[int, int]:
     """(burn-in, draws) of a gamma pilot at dimensionless step c = step and g = gamma/nbeta = ratio.
 
     Directions held by the localization alone (flat or quartic ones) relax as (1 - c g / 2)^t in
     the mean and (1 - c g)^t in the variance: a weaker gamma needs a longer burn-in, RELAX_TIMES / (c g)
-    (20,000 steps at c = g = 0.01). On a deep linear network lambda_hat was still rising after 2,000."""
+    (20,000 steps at c = g = 0.01). On a deep linear network lambda_hat was still rising after 2,000.
+    slow (the step-up, where lambda_hat lives in those slow directions): as many draws as burn-in,
+    since PILOT_TIME / c draws (a fraction of one relaxation time) left R-hat at 1.2-1.7."""
     burn = max(int(num_burnin), int(math.ceil(PILOT_TIME / step)), relax_steps(step, ratio))
-    return burn, max(100, int(math.ceil(PILOT_TIME / step)))
+    draws = max(100, int(math.ceil(PILOT_TIME / step)))
+    return burn, max(draws, relax_steps(step, ratio)) if slow else draws
 
 
 @dataclass(frozen=True)
@@ -86,11 +95,13 @@ class GammaCalibration:
     epsilon: float = float("nan")    # the step the pilots ran at
     carried: bool = False
     pilot_chain_steps: int = 0
+    settled: bool = False            # lambda_hat was shown to stop rising (not the budget's or the grid's end)
+    steps_tried: tuple[float, ...] = ()   # c of every scan (more than one after a step-up)
 
     def to_dict(self) -> dict[str, Any]:
         """Strict JSON (non-finite numbers become None), as result stores and MLflow require."""
         return {"gamma": self.gamma, "reason": self.reason, "epsilon": _finite(self.epsilon), "carried": self.carried,
-                "pilot_chain_steps": self.pilot_chain_steps,
+                "pilot_chain_steps": self.pilot_chain_steps, "settled": self.settled, "steps_tried": list(self.steps_tried),
                 "points": [{"ratio": p.ratio, "gamma": p.pilot.gamma, "usable": p.usable, "why": p.why,
                             "rise": _finite(p.rise), "rise_se": _finite(p.rise_se),
                             "dist_ratio": _finite(p.pilot.dist_ratio),
@@ -131,19 +142,21 @@ def stopped_rising(rise: float, se: float, level: float) -> bool:
 
 def calibrate_gamma(pilot: Callable[[float], GammaPilot], *, nbeta: float, epsilon: float,
                     cost: Callable[[float], int] = lambda g: 0, max_steps: int = MAX_PILOT_STEPS,
-                    grid: tuple[float, ...] = GAMMA_GRID) -> GammaCalibration:
+                    grid: tuple[float, ...] = GAMMA_GRID, skip_failures: bool = False) -> GammaCalibration:
     """Run pilot(gamma) down the grid until lambda_hat stops rising; return the pick.
 
-    cost(g): steps per chain of the pilot at g; the scan ends before one above max_steps."""
+    cost(g): steps per chain of the pilot at g; the scan ends before one above max_steps.
+    skip_failures (the step-up): a failed pilot is recorded and passed over instead of ending the
+    scan, since there the strong gammas' lambda_hat ~ 0 traces fail R-hat on noise alone."""
     points: list[GammaPoint] = []
     prev: GammaPoint | None = None
 
-    def done(point: GammaPoint, reason: str) -> GammaCalibration:
+    def done(point: GammaPoint, reason: str, settled: bool = False) -> GammaCalibration:
         return GammaCalibration(gamma=point.pilot.gamma, reason=reason, points=points, epsilon=epsilon,
-                                pilot_chain_steps=sum(p.pilot.stats.chain_steps for p in points))
+                                pilot_chain_steps=sum(p.pilot.stats.chain_steps for p in points), settled=settled)
 
     for g in grid:
-        if cost(g) > max_steps and prev is not None:
+        if cost(g) > max_steps and points:
             last = next((p for p in reversed(points) if p.usable), None)
             if last is not None:
                 return done(last, (f"gamma/nbeta = {g:g} would need {cost(g)} steps per chain to relax (> {max_steps}); "
@@ -154,6 +167,8 @@ def calibrate_gamma(pilot: Callable[[float], GammaPilot], *, nbeta: float, epsil
         rise, se = paired_rise(prev.pilot, run) if prev is not None and prev.usable and not why else (math.nan, math.nan)
         point = GammaPoint(ratio=g, pilot=run, usable=not why, why=why, rise=rise, rise_se=se)
         points.append(point)
+        if why and skip_failures:
+            continue
         if why:
             if prev is not None and prev.usable:
                 return done(prev, f"gamma/nbeta = {g:g} failed ({why}); took the last usable, gamma/nbeta = {prev.ratio:g}")
@@ -162,7 +177,7 @@ def calibrate_gamma(pilot: Callable[[float], GammaPilot], *, nbeta: float, epsil
         if prev is not None and prev.usable and stopped_rising(rise, se, run.stats.llc_mean):
             return done(point, (f"lambda_hat stopped rising from gamma/nbeta = {prev.ratio:g} to {g:g} "
                                 f"({prev.pilot.stats.llc_mean:.4g} -> {run.stats.llc_mean:.4g}, paired rise {rise:.3g} ± "
-                                f"{se:.2g}) with converged, stationary, localized chains; took the weaker gamma"))
+                                f"{se:.2g}) with converged, stationary, localized chains; took the weaker gamma"), settled=True)
         prev = point
     usable = [p for p in points if p.usable]
     if usable:

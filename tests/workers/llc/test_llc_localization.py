@@ -85,6 +85,30 @@ def test_a_gamma_too_slow_to_relax_is_not_run() -> None:
 def test_relaxation_sets_the_burn_in() -> None:
     assert relax_steps(0.01, 0.01) == 20_000 and pilot_steps(0, 0.01, 0.1) == (2_000, 2_000)
     assert pilot_steps(50_000, 0.01, 0.1)[0] == 50_000
+    # The step-up's slow pilots draw for as long as they burn in (one relaxation time each at c = 1).
+    assert pilot_steps(0, 1.0, 0.001) == (2_000, 100) and pilot_steps(0, 1.0, 0.001, slow=True) == (2_000, 2_000)
+    assert pilot_steps(0, 1.0, 0.1, slow=True) == (20, 100)
+
+
+def test_skipping_failures_passes_over_noisy_strong_gammas() -> None:
+    # The step-up's scan: strong gammas whose lambda_hat ~ 0 traces fail R-hat are recorded and
+    # passed over; the plain scan stops at the first failure after a usable pilot.
+    run, _ = _pilot()
+
+    def flaky(gamma: float) -> GammaPilot:
+        p = run(gamma)
+        bad = gamma / NBETA in (0.03, 0.01)
+        return GammaPilot(gamma=p.gamma, stats=PilotStats(**{**p.stats.__dict__, "r_hat": 1.5 if bad else 1.01}),
+                          llc_per_chain=p.llc_per_chain, dist_ratio=1.0)
+
+    plain = calibrate_gamma(flaky, nbeta=NBETA, epsilon=1e-5)
+    assert plain.gamma == pytest.approx(0.1 * NBETA) and not plain.settled and "failed" in plain.reason
+    skipping = calibrate_gamma(flaky, nbeta=NBETA, epsilon=1e-5, skip_failures=True)
+    # usable: 0.1, 0.003, 0.001, ...: the rise 0.003 -> 0.001 is 2% (paired s.e. 0): stop at 0.001.
+    assert skipping.gamma == pytest.approx(0.001 * NBETA) and skipping.settled
+    assert [p.usable for p in skipping.points] == [True, False, False, True, True]
+    assert skipping.points[3].rise == pytest.approx(4 / 1.03 - 4 / 2)
+    assert skipping.to_dict()["settled"] is True
 
 
 def test_a_carried_gamma_is_kept_only_when_its_chains_pass() -> None:

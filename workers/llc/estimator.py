@@ -267,6 +267,10 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
     pilot_eps = float(cfg.epsilon) if cfg.epsilon != AUTO else PILOT_STEP / (nbeta * scale)
     pilot_c = pilot_eps * nbeta * scale
 
+    # Every gamma pilot's chains, by (gamma, eps): the run at the pick is the same seed's chains at the
+    # same step, so a pilot with at least the run's burn-in and draws already holds it (and more draws).
+    pilots: dict[tuple[float, float], tuple[ChainRecords, SGLDConfig, float]] = {}
+
     def gamma_scan(c: float, *, slow: bool = False) -> GammaCalibration:
         """The gamma scan with every pilot at dimensionless step c (slow: the step-up's pilots)."""
         eps = pilot_eps if c == pilot_c else c / (nbeta * scale)   # the floor: exactly the configured step
@@ -276,6 +280,7 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
             run = replace(cfg, epsilon=eps, gamma=gamma, num_burnin=burn, num_draws=draws, epsilon_hint=None,
                           gamma_hint=None)
             records, seconds = sample(run, None, track_distance=True)
+            pilots[(gamma, eps)] = (records, run, seconds)
             return _gamma_pilot(summarize(records, run, seconds), records)
 
         cal = calibrate_gamma(gamma_pilot, nbeta=nbeta, epsilon=eps, skip_failures=slow,
@@ -288,6 +293,17 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
         c = eps * nbeta * scale
         run = replace(cfg, gamma=gamma, epsilon=eps, epsilon_hint=None, gamma_hint=None,
                       num_burnin=max(burnin_for(cfg.num_burnin, c), relax_steps(c, gamma / nbeta)))
+        held = pilots.get((gamma, eps))
+        if held is not None and held[1].num_burnin >= run.num_burnin and held[1].num_draws >= run.num_draws \
+                and held[1].num_chains == run.num_chains:
+            records, pilot_run, seconds = held
+            if progress is not None:
+                progress(run.num_chains * run.num_steps, run.num_chains * run.num_steps)
+            res = summarize(records, pilot_run, seconds)
+            res.notes["gamma_pilot_reused"] = (f"the picked gamma's pilot ({pilot_run.num_draws} draws after "
+                                               f"{pilot_run.num_burnin} burn-in per chain, the same seed and step) "
+                                               f"is the run: it holds the {run.num_draws}-draw run's chains and more")
+            return res
         return at_epsilon(run)
 
     def scanned() -> LLCResult:

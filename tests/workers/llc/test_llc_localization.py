@@ -146,6 +146,15 @@ def test_estimate_llc_scans_gamma_and_keeps_a_good_hint() -> None:
     assert [p["ratio"] for p in cal["points"]] == [0.1, 0.03, 0.01] and "would need 68" in cal["reason"]
     assert res.diagnostics["num_burnin"] == max(burnin_for(0, 0.1), relax_steps(0.1, g))
     assert abs(res.llc_mean / 4.5 - 1) < 0.25, (res.llc_mean, cal["reason"])
+    # The picked gamma's pilot (same seed and step, 200 draws after at least the run's burn-in) is
+    # the run: its lambda_hat is the result, not a rerun of its first draws.
+    picked = [p for p in cal["points"] if p["ratio"] == pytest.approx(g)]
+    assert len(picked) == 1 and res.llc_mean == pytest.approx(picked[0]["llc_mean"], rel=1e-12)
+    assert "gamma_pilot_reused" in res.notes and res.diagnostics["gamma_calibration_chain_steps"] > 0
+    # More draws than the pilot holds: the run at the pick is sampled afresh at the same pick.
+    longer = estimate_llc(model, half_mse, data, config=SGLDConfig(**{**base, "num_draws": 400}))
+    assert longer.gamma_calibration["gamma"] == cal["gamma"] and "gamma_pilot_reused" not in longer.notes
+    assert longer.loss_trace.shape == (4, 400) and res.loss_trace.shape[1] >= 200
     hinted = estimate_llc(model, half_mse, data, config=SGLDConfig(**{**base, "gamma_hint": cal["gamma"]}))
     assert hinted.gamma_calibration["carried"] is True and hinted.diagnostics["gamma_calibration_chain_steps"] == 0
     assert hinted.diagnostics["gamma"] == cal["gamma"] and "carried" in hinted.notes["gamma"]

@@ -16,7 +16,8 @@ from .estimator import estimate_llc
 from .result import LLCResult
 
 # Part of job keys: bump when a change can alter results for the same inputs.
-# 2.1: gamma="auto" steps the pilots' step up (c = 0.1, 1) when none passes at c = 0.01.
+# 2.1: gamma="auto" steps the pilots' step up (c = 0.1, 1) when none passes at c = 0.01, and
+#      returns the picked pilot when it holds the run (same seed, chains, step; enough draws).
 # 2.0: batches with replacement (removes an upward bias), rank-normalized diagnostics,
 #      float64 losses kept, epsilon="auto", rmsprop_sgld.  1.1: paired baselines from the per-item table.
 ESTIMATOR_VERSION = "2.1.0"

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from torch import nn
 
 _ATTRS = ("gradient_checkpointing", "_gradient_checkpointing_func")
+_HOOK_ATTRS = ("_require_grads_hook", "_require_grads_hooks")   # one handle, or a list, by transformers version
 _MISSING = object()
+
+
+def _input_grad_hooks(model: nn.Module) -> list:
+    """The input-grad hook handles Hugging Face keeps on the model."""
+    one, many = (model.__dict__.get(k) for k in _HOOK_ATTRS)
+    return [h for h in [one, *(many if isinstance(many, list) else [])] if h is not None]
 
 
 @dataclass
@@ -48,17 +55,14 @@ def enable_checkpointing(model: nn.Module) -> Checkpointing:
 
     modules = list(model.modules())
     saved = [(m, m.training, {k: m.__dict__.get(k, _MISSING) for k in _ATTRS}) for m in modules]
-    hook_attrs = ("_require_grads_hook", "_require_grads_hooks")
-    input_hooks = {k: model.__dict__.get(k, _MISSING) for k in hook_attrs}
-    own = {id(h) for h in input_hooks.values() if h is not _MISSING} | \
-        {id(h) for h in (input_hooks["_require_grads_hooks"] if input_hooks["_require_grads_hooks"] is not _MISSING else [])}
+    input_hooks = {k: model.__dict__.get(k, _MISSING) for k in _HOOK_ATTRS}
+    own = {id(h) for h in _input_grad_hooks(model)}
 
     def drop_new_input_hook() -> None:
         # HF makes the embeddings' output require grad for reentrant checkpoints; non-reentrant ones
         # need no such hook (it would add a gradient nobody asked for): keep only the model's own.
-        added = model.__dict__.get("_require_grads_hooks", [])
-        for h in [*(added if isinstance(added, list) else []), model.__dict__.get("_require_grads_hook")]:
-            if h is not None and id(h) not in own:
+        for h in _input_grad_hooks(model):
+            if id(h) not in own:
                 h.remove()
         for k, v in input_hooks.items():
             if v is _MISSING:

@@ -294,9 +294,8 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
         run = replace(cfg, gamma=gamma, epsilon=eps, epsilon_hint=None, gamma_hint=None,
                       num_burnin=max(burnin_for(cfg.num_burnin, c), relax_steps(c, gamma / nbeta)))
         held = pilots.get((gamma, eps))
-        if held is not None and held[1].num_burnin >= run.num_burnin and held[1].num_draws >= run.num_draws \
-                and held[1].num_chains == run.num_chains:
-            records, pilot_run, seconds = held
+        if held is not None and held[1].num_burnin >= run.num_burnin and held[1].num_draws >= run.num_draws:
+            records, pilot_run, seconds = held          # its chains are cfg's: same count and seeds
             if progress is not None:
                 progress(run.num_chains * run.num_steps, run.num_chains * run.num_steps)
             res = summarize(records, pilot_run, seconds)

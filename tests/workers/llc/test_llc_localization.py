@@ -90,25 +90,38 @@ def test_relaxation_sets_the_burn_in() -> None:
     assert pilot_steps(0, 1.0, 0.1, slow=True) == (20, 100)
 
 
-def test_skipping_failures_passes_over_noisy_strong_gammas() -> None:
-    # The step-up's scan: strong gammas whose lambda_hat ~ 0 traces fail R-hat are recorded and
-    # passed over; the plain scan stops at the first failure after a usable pilot.
-    run, _ = _pilot()
-
-    def flaky(gamma: float) -> GammaPilot:
+def _flaky(run, bad: tuple[float, ...], **changes):
+    """run's pilots, with `changes` to the stats of those at g in bad (their traces fail)."""
+    def pilot(gamma: float) -> GammaPilot:
         p = run(gamma)
-        bad = gamma / NBETA in (0.03, 0.01)
-        return GammaPilot(gamma=p.gamma, stats=PilotStats(**{**p.stats.__dict__, "r_hat": 1.5 if bad else 1.01}),
+        fails = gamma / NBETA in bad
+        return GammaPilot(gamma=p.gamma, stats=PilotStats(**{**p.stats.__dict__, **(changes if fails else {})}),
                           llc_per_chain=p.llc_per_chain, dist_ratio=1.0)
+    return pilot
 
-    plain = calibrate_gamma(flaky, nbeta=NBETA, epsilon=1e-5)
-    assert plain.gamma == pytest.approx(0.1 * NBETA) and not plain.settled and "failed" in plain.reason
-    skipping = calibrate_gamma(flaky, nbeta=NBETA, epsilon=1e-5, skip_failures=True)
+
+@pytest.mark.parametrize("skip_failures", [False, True])
+def test_pilots_that_have_not_mixed_are_passed_over(skip_failures: bool) -> None:
+    # Localized pilots whose R-hat fails (the step-up's lambda_hat ~ 0 traces at strong gammas, or
+    # a plain scan's pilot one burn-in short of mixing): recorded and passed over; the rise is
+    # measured from the last usable pilot.
+    run, _ = _pilot()
+    cal = calibrate_gamma(_flaky(run, (0.03, 0.01), r_hat=1.5), nbeta=NBETA, epsilon=1e-5, skip_failures=skip_failures)
     # usable: 0.1, 0.003, 0.001, ...: the rise 0.003 -> 0.001 is 2% (paired s.e. 0): stop at 0.001.
+    assert cal.gamma == pytest.approx(0.001 * NBETA) and cal.settled
+    assert [p.usable for p in cal.points] == [True, False, False, True, True]
+    assert cal.points[1].why == "R-hat 1.5 >= 1.1" and math.isnan(cal.points[1].rise)
+    assert cal.points[3].rise == pytest.approx(4 / 1.03 - 4 / 2)
+    assert cal.to_dict()["settled"] is True
+
+
+def test_a_diverged_pilot_ends_the_plain_scan_but_not_the_step_up() -> None:
+    run, _ = _pilot()
+    plain = calibrate_gamma(_flaky(run, (0.03, 0.01), chains_dropped=1), nbeta=NBETA, epsilon=1e-5)
+    assert plain.gamma == pytest.approx(0.1 * NBETA) and not plain.settled
+    assert plain.reason == "gamma/nbeta = 0.03 failed (1 chain(s) diverged); took the last usable, gamma/nbeta = 0.1"
+    skipping = calibrate_gamma(_flaky(run, (0.03, 0.01), chains_dropped=1), nbeta=NBETA, epsilon=1e-5, skip_failures=True)
     assert skipping.gamma == pytest.approx(0.001 * NBETA) and skipping.settled
-    assert [p.usable for p in skipping.points] == [True, False, False, True, True]
-    assert skipping.points[3].rise == pytest.approx(4 / 1.03 - 4 / 2)
-    assert skipping.to_dict()["settled"] is True
 
 
 def test_a_carried_gamma_is_kept_only_when_its_chains_pass() -> None:

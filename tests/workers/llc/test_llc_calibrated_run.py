@@ -1,6 +1,7 @@
 """calibrated_run.py: the gamma step-up on synthetic scans (the real pick rule, synthetic pilots)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -12,7 +13,7 @@ from workers.llc.localization import STEP_UP, GammaCalibration, GammaPilot, cali
 NBETA = 1000.0
 
 
-def _scan(passes: dict[float, bool]):
+def _scan(passes: dict[float, bool]) -> tuple[Callable[..., GammaCalibration], list[tuple[float, bool]]]:
     """scan(c, slow) as CalibratedRun.gamma_scan: pilots whose traces pass at the steps in `passes`.
 
     lambda_hat(g) = 4 / (1 + 10 g), the same per-chain offsets at every gamma: where the traces

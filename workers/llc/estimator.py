@@ -1,5 +1,7 @@
-"""estimate_llc: validate inputs, pick the chain path, run SGLD, summarize.
+"""estimate_llc: validate inputs, pick the chain path and memory plan, then hand the runs over.
 
+The setup here ends in a ChainRunner (chain_runner.py: sample chains, summarize them with
+summary.py); CalibratedRun (calibrated_run.py) drives epsilon="auto" / gamma="auto" through it.
 lambda_hat_chain = nbeta * mean over draws of (L_m(w_t) - baseline_t). Diverged chains are
 never averaged in: llc_mean is over non-diverged chains (NaN when all diverged), their
 per-chain value is NaN, and `diverged` / diagnostics["num_diverged"] say so.
@@ -12,27 +14,22 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .accumulate import AccumulatingStepper
 from .baselines import constant_baseline, item_loss_table
-from .calibration import Calibration, CalibrationPoint, PilotStats, burnin_for, calibrate, carried, pilot_draws
-from .chains import ChainRecords, run_group
+from .calibrated_run import CalibratedRun, precondition_scale
+from .chain_runner import ChainRunner
 from .checkpointing import Checkpointing, enable_checkpointing
 from .components import resolve_selection
 from .config import AUTO, SGLDConfig
-from .data import BatchSource, IndexStream, chain_generator
-from .localization import (PILOT_STEP, STEP_UP, GammaCalibration, GammaPilot, calibrate_gamma, carried_gamma,
-                           pilot_steps, relax_steps)
-from .diagnostics import drift_z, ess_bulk, ess_tail, r_hat_bulk, r_hat_tail
+from .data import BatchSource
 from .memory import MemoryEstimate, MemoryPlan, free_memory, measure_activations, plan_memory
 from .result import LLCResult
-from .sgld import SGLDStep
 from .steppers import (InPlaceStepper, LossFn, LossModule, ParamLayout, SequentialStepper, VectorizedStepper,
                        adopt_parameters)
+from .summary import known_loss_wstar
 
 # On CPU, above this many FLOPs per chain-step the work is compute-bound and vmapped
 # (batched) kernels ran slower than one chain at a time (benchmarks/estimator.py (b):
@@ -193,202 +190,13 @@ def _estimate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, *, cfg: SGLDC
         table, baseline_method = item_loss_table(vec_stepper=vec_for_table, seq_stepper=seq, source=source, n=n,
                                                  cfg=cfg, probe_loss=probe_loss)
         paired = table if table is not None else stepper
-
-    def sample(run_cfg: SGLDConfig, report: Callable[[int], None] | None,
-               track_distance: bool = False) -> tuple[ChainRecords, float]:
-        """Run run_cfg's chains at its (numeric) epsilon and gamma; the records and the sampling seconds."""
-        step = SGLDStep(epsilon=float(run_cfg.epsilon), gamma=float(run_cfg.gamma), nbeta=nbeta, method=run_cfg.method,
-                        rmsprop_alpha=run_cfg.rmsprop_alpha)
-        records = ChainRecords(run_cfg.num_chains, run_cfg.num_draws)
-        streams = [IndexStream(n, run_cfg.batch_size, chain_generator(run_cfg.seed, c, 0)) for c in range(run_cfg.num_chains)]
-        noise = [chain_generator(run_cfg.seed, c, 1, dev) for c in range(run_cfg.num_chains)]
-        t0 = time.perf_counter()
-        size = plan.chains_per_group if stepper.path == "vectorized" else 1
-        groups = [list(range(c, min(c + size, run_cfg.num_chains))) for c in range(0, run_cfg.num_chains, size)]
-        # The in-place chain accumulates micro-batches into its own gradient buffer.
-        accumulate = plan.micro_batches > 1 and not isinstance(stepper, InPlaceStepper)
-        steps_by = AccumulatingStepper(stepper, plan.micro_batches) if accumulate else stepper
-        for g in groups:
-            run_group(stepper=steps_by, source=source, chains=g, streams=[streams[c] for c in g],
-                      noise_gens=[noise[c] for c in g], flat0=flat0, cfg=run_cfg, step=step, paired=paired,
-                      records=records, progress=report or (lambda k: None), track_distance=track_distance)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return records, time.perf_counter() - t0
-
-    def summarize(records: ChainRecords, run_cfg: SGLDConfig, sampling_s: float) -> LLCResult:
-        return _summarize(records, cfg=run_cfg, nbeta=nbeta, n=n, baseline_const=baseline_const, path=stepper.path,
-                          fallback_reason=fallback_reason, sampling_s=sampling_s,
-                          wall_s=time.perf_counter() - started, cpu_s=time.process_time() - cpu_started,
-                          num_sampled=layout.numel, device=str(dev),
-                          stepper=stepper, baseline_method=baseline_method, compile_note=compile_note,
-                          loss_wstar=_loss_wstar(cfg, paired, baseline_const), plan=plan)
-
-    scale = _precondition_scale(cfg, seq, probe, flat0) if AUTO in (cfg.epsilon, cfg.gamma) else 1.0
-
-    def at_epsilon(gcfg: SGLDConfig) -> LLCResult:
-        """The estimate at gcfg's (numeric) gamma: at its epsilon, or epsilon="auto" calibrated there."""
-        calibration: Calibration | None = None
-        run_cfg = gcfg
-        if gcfg.epsilon == AUTO:
-            pilot_cfg = replace(gcfg, epsilon=1.0, epsilon_hint=None)
-
-            def at(run_cfg: SGLDConfig, eps: float) -> SGLDConfig:
-                """run_cfg at eps, with the burn-in that step needs."""
-                return replace(run_cfg, epsilon=eps, num_burnin=burnin_for(run_cfg.num_burnin, eps * nbeta * scale))
-
-            def pilot(eps: float) -> PilotStats:
-                run = replace(at(pilot_cfg, eps), num_draws=pilot_draws(eps * nbeta * scale))
-                records, seconds = sample(run, None)
-                return _pilot_stats(summarize(records, run, seconds))
-
-            if gcfg.epsilon_hint is not None:
-                hinted = at(gcfg, float(gcfg.epsilon_hint))
-                records, seconds = sample(hinted, _progress(progress, hinted))
-                res = summarize(records, hinted, seconds)
-                calibration = carried(_pilot_stats(res), nbeta=nbeta, scale=scale)
-                if calibration is not None:
-                    calibration.num_burnin = hinted.num_burnin
-                    return _with_calibration(res, calibration)
-            calibration = calibrate(pilot, nbeta=nbeta, scale=scale)
-            run_cfg = at(gcfg, calibration.epsilon)
-            calibration.num_burnin = run_cfg.num_burnin
-        records, sampling_s = sample(run_cfg, _progress(progress, run_cfg))
-        if progress is not None:
-            progress(run_cfg.num_chains * run_cfg.num_steps, run_cfg.num_chains * run_cfg.num_steps)
-        res = summarize(records, run_cfg, sampling_s)
-        return _with_calibration(res, calibration) if calibration is not None else res
-
-    if cfg.gamma != AUTO:
-        return at_epsilon(cfg)
-    # gamma="auto": pilots at one step (the configured one, or with epsilon="auto" the epsilon grid's
-    # smallest, where discretization bias was within noise on every model tried), all with one seed.
-    # The run at the pick uses that step too: its pilot has just shown the traces pass there.
-    pilot_eps = float(cfg.epsilon) if cfg.epsilon != AUTO else PILOT_STEP / (nbeta * scale)
-    pilot_c = pilot_eps * nbeta * scale
-
-    # Every gamma pilot's chains, by (gamma, eps): the run at the pick is the same seed's chains at the
-    # same step, so a pilot with at least the run's burn-in and draws already holds it (and more draws).
-    pilots: dict[tuple[float, float], tuple[ChainRecords, SGLDConfig, float]] = {}
-
-    def gamma_scan(c: float, *, slow: bool = False) -> GammaCalibration:
-        """The gamma scan with every pilot at dimensionless step c (slow: the step-up's pilots)."""
-        eps = pilot_eps if c == pilot_c else c / (nbeta * scale)   # the floor: exactly the configured step
-
-        def gamma_pilot(gamma: float) -> GammaPilot:
-            burn, draws = pilot_steps(cfg.num_burnin, c, gamma / nbeta, slow=slow)
-            run = replace(cfg, epsilon=eps, gamma=gamma, num_burnin=burn, num_draws=draws, epsilon_hint=None,
-                          gamma_hint=None)
-            records, seconds = sample(run, None, track_distance=True)
-            pilots[(gamma, eps)] = (records, run, seconds)
-            return _gamma_pilot(summarize(records, run, seconds), records)
-
-        cal = calibrate_gamma(gamma_pilot, nbeta=nbeta, epsilon=eps, skip_failures=slow,
-                              cost=lambda g: sum(pilot_steps(cfg.num_burnin, c, g, slow=slow)),
-                              max_steps=cfg.gamma_pilot_steps)
-        return replace(cal, steps_tried=(c,))
-
-    def at_gamma(gamma: float, eps: float) -> LLCResult:
-        """The run at gamma and a numeric eps, with the burn-in the localization needs to relax there."""
-        c = eps * nbeta * scale
-        run = replace(cfg, gamma=gamma, epsilon=eps, epsilon_hint=None, gamma_hint=None,
-                      num_burnin=max(burnin_for(cfg.num_burnin, c), relax_steps(c, gamma / nbeta)))
-        held = pilots.get((gamma, eps))
-        if held is not None and held[1].num_burnin >= run.num_burnin and held[1].num_draws >= run.num_draws:
-            records, pilot_run, seconds = held          # its chains are cfg's: same count and seeds
-            if progress is not None:
-                progress(run.num_chains * run.num_steps, run.num_chains * run.num_steps)
-            res = summarize(records, pilot_run, seconds)
-            res.notes["gamma_pilot_reused"] = (f"the picked gamma's pilot ({pilot_run.num_draws} draws after "
-                                               f"{pilot_run.num_burnin} burn-in per chain, the same seed and step) "
-                                               f"is the run: it holds the {run.num_draws}-draw run's chains and more")
-            return res
-        return at_epsilon(run)
-
-    def scanned() -> LLCResult:
-        cal = gamma_scan(pilot_c)
-        if cfg.epsilon == AUTO and not any(p.usable for p in cal.points):
-            cal = _step_up(cal, gamma_scan)
-        c = cal.epsilon * nbeta * scale
-        res = _with_gamma_calibration(at_gamma(cal.gamma, cal.epsilon), cal)
-        if cfg.epsilon == AUTO:
-            pick = next(p for p in reversed(cal.points) if p.pilot.gamma == cal.gamma and p.pilot.stats.epsilon == cal.epsilon)
-            where = ("the epsilon grid's smallest step" if cal.epsilon == pilot_eps
-                     else f"raised from {pilot_c:g}, where no gamma pilot passed")
-            res = _with_calibration(res, Calibration(
-                epsilon=cal.epsilon, scale=scale, num_burnin=_burnin_of(res),
-                points=[CalibrationPoint(step=c, stats=pick.pilot.stats, usable=pick.usable, why=pick.why)],
-                reason=(f"gamma=auto: the gamma pilots ran at eps*nbeta*s = {c:g} ({where}) "
-                        + ("and the picked gamma's pilot passed there" if pick.usable
-                           else f"and the picked gamma's pilot failed there too ({pick.why})"))))
-        return res
-
-    if cfg.gamma_hint is None:
-        return scanned()
-    # A carried gamma (and, with epsilon="auto", a carried step or the pilots' one) is kept when this
-    # run's own traces pass; the distance is not tracked in a full run, so the loss traces judge.
-    hint_eps = pilot_eps if cfg.epsilon != AUTO or cfg.epsilon_hint is None else float(cfg.epsilon_hint)
-    res = at_gamma(float(cfg.gamma_hint), hint_eps)
-    kept = carried_gamma(GammaPilot(gamma=float(cfg.gamma_hint), stats=_pilot_stats(res),
-                                    llc_per_chain=tuple(res.llc_per_chain), dist_ratio=1.0),
-                         nbeta=nbeta, epsilon=hint_eps)
-    if kept is None:
-        return scanned()
-    res = _with_gamma_calibration(res, kept)
-    if cfg.epsilon == AUTO:
-        eps_kept = carried(_pilot_stats(res), nbeta=nbeta, scale=scale)
-        if eps_kept is not None:
-            eps_kept.num_burnin = _burnin_of(res)
-            res = _with_calibration(res, eps_kept)
-    return res
-
-
-def _step_up(floor: GammaCalibration, scan: Callable[..., GammaCalibration]) -> GammaCalibration:
-    """No gamma pilot passed at the floor step: rescan at the larger STEP_UP steps (localization.py).
-
-    Each rung's pilots are slow ones (draws as long as their burn-in); the step goes up until a
-    rung's scan shows lambda_hat stopped rising, or to the top rung, since a larger step reaches a
-    weaker gamma within the budget. The pick is the last rung with a usable pilot (the floor's
-    record when none has one); the record holds every rung's pilots."""
-    points, steps, tried = list(floor.points), floor.pilot_chain_steps, list(floor.steps_tried)
-    best: GammaCalibration | None = None
-    for c in STEP_UP:
-        rung = scan(c, slow=True)
-        points += rung.points
-        steps += rung.pilot_chain_steps
-        tried.append(c)
-        if any(p.usable for p in rung.points):
-            best = rung
-            if rung.settled:
-                break
-    why = floor.points[0].why if floor.points else ""
-    if best is None:
-        return replace(floor, points=points, pilot_chain_steps=steps, steps_tried=tuple(tried),
-                       reason=f"{floor.reason}; no gamma pilot passed at the larger steps {', '.join(f'{c:g}' for c in STEP_UP)} either")
-    c = best.steps_tried[0]
-    return replace(best, points=points, pilot_chain_steps=steps, steps_tried=tuple(tried),
-                   reason=(f"no gamma pilot passed at eps*nbeta*s = {floor.steps_tried[0]:g} (e.g. {why}): "
-                           f"the pilots' step went up to {c:g}; there: {best.reason}"))
-
-
-def _burnin_of(res: LLCResult) -> int:
-    """The burn-in steps per chain of a finished run (its steps minus its draws)."""
-    return int(res.diagnostics["num_burnin"])
-
-
-def _progress(progress: Callable[[int, int], None] | None, cfg: SGLDConfig) -> Callable[[int], None] | None:
-    """Chain-step ticks -> progress(done, total) for one run of cfg's size."""
-    if progress is None:
-        return None
-    total = cfg.num_chains * cfg.num_steps
-    done = 0
-
-    def tick(k: int) -> None:
-        nonlocal done
-        done = min(total, done + k)
-        progress(done, total)
-
-    return tick
+    runner = ChainRunner(stepper=stepper, source=source, flat0=flat0, plan=plan, nbeta=nbeta, n=n, device=dev,
+                         paired=paired, baseline_const=baseline_const, baseline_method=baseline_method,
+                         fallback_reason=fallback_reason, compile_note=compile_note,
+                         loss_wstar=known_loss_wstar(cfg, paired, baseline_const), num_sampled=layout.numel,
+                         started=started, cpu_started=cpu_started)
+    scale = precondition_scale(cfg, seq, probe, flat0) if AUTO in (cfg.epsilon, cfg.gamma) else 1.0
+    return CalibratedRun(runner=runner, cfg=cfg, scale=scale, progress=progress).result()
 
 
 def _refuse_sum_loss(seq: SequentialStepper, source: BatchSource, params: dict[str, torch.Tensor],
@@ -408,65 +216,6 @@ def _refuse_sum_loss(seq: SequentialStepper, source: BatchSource, params: dict[s
         raise ValueError(f"loss_fn returns a sum over the batch (the loss of {2 * half} items, {whole:.6g}, equals "
                          f"the sum of its halves' losses, {a + b:.6g}), but lambda_hat needs the mean loss per item: "
                          "divide by the number of items (e.g. reduction='mean').")
-
-
-def _precondition_scale(cfg: SGLDConfig, seq: SequentialStepper, probe: Any, flat0: torch.Tensor) -> float:
-    """s in the calibration grid: 1 for SGLD; for rmsprop_sgld the median preconditioner at w*."""
-    if cfg.method == "sgld":
-        return 1.0
-    _, grad = seq.loss_and_grad(flat0.unsqueeze(0), probe)
-    precond = 1.0 / (grad.double().abs() + 1e-8)
-    return float(precond.median())
-
-
-def _pilot_stats(res: LLCResult) -> PilotStats:
-    d = res.diagnostics
-    ok = ~np.asarray(res.chain_diverged, dtype=bool)
-    delta = res.nbeta * (res.loss_trace[ok] - res.baseline_trace[ok])
-    ess = float(d["ess_bulk"])
-    se = float(delta.std(ddof=1) / math.sqrt(ess)) if delta.size >= 2 and ess > 0 else float("inf")
-    return PilotStats(epsilon=float(res.diagnostics["epsilon"]), llc_mean=float(res.llc_mean), llc_se=se,
-                      r_hat=float(d["r_hat"]), drift_z=float(d["drift_z"]), chains_dropped=int(d["chains_dropped"]),
-                      chain_steps=int(d["chain_steps"]))
-
-
-def _gamma_pilot(res: LLCResult, records: ChainRecords) -> GammaPilot:
-    """A gamma pilot's stats, per-chain estimates and how far its chains moved between halves."""
-    ok = ~np.asarray(res.chain_diverged, dtype=bool)
-    dist = records.dist2[ok]
-    half = dist.shape[1] // 2
-    first, second = (float(np.nanmean(dist[:, :half])), float(np.nanmean(dist[:, half:]))) if dist.size and half else (math.nan, math.nan)
-    ratio = second / first if first > 0 else (1.0 if first == second == 0 else math.inf)
-    return GammaPilot(gamma=float(res.diagnostics["gamma"]), stats=_pilot_stats(res),
-                      llc_per_chain=tuple(float(x) for x in res.llc_per_chain), dist_ratio=ratio)
-
-
-def _with_gamma_calibration(res: LLCResult, calibration: GammaCalibration) -> LLCResult:
-    res.gamma_calibration = calibration.to_dict()
-    return _note_calibration(res, "gamma", calibration.gamma, calibration)
-
-
-def _with_calibration(res: LLCResult, calibration: Calibration) -> LLCResult:
-    res.calibration = calibration.to_dict()
-    return _note_calibration(res, "epsilon", calibration.epsilon, calibration)
-
-
-def _note_calibration(res: LLCResult, name: str, pick: float, calibration: Calibration | GammaCalibration) -> LLCResult:
-    """diagnostics {name}_carried and its pilots' cost (epsilon's keeps its older key), notes[name]."""
-    res.diagnostics[f"{name}_carried"] = calibration.carried
-    res.diagnostics["calibration_chain_steps" if name == "epsilon" else f"{name}_calibration_chain_steps"] = \
-        calibration.pilot_chain_steps
-    res.notes[name] = f"auto: {pick:.3g} ({calibration.reason})"
-    return res
-
-
-def _loss_wstar(cfg: SGLDConfig, paired: Any, baseline_const: float | None) -> tuple[float, str]:
-    """L_n(w*) when known exactly (item table, full baseline), with where it came from."""
-    if paired is not None and hasattr(paired, "losses"):
-        return float(paired.losses.mean()), "exact: mean of the per-item losses at w*"
-    if cfg.baseline == "full" and baseline_const is not None:
-        return float(baseline_const), "exact: the full-data baseline"
-    return float("nan"), "estimate: mean of the draws' minibatch losses at w*"
 
 
 def _memory_plan(cfg: SGLDConfig, seq: SequentialStepper, source: BatchSource, flat0: torch.Tensor,
@@ -618,80 +367,3 @@ def _choose_stepper(cfg: SGLDConfig, common: dict[str, Any], seq: SequentialStep
             torch.cuda.empty_cache()
         return seq, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
     return vec, None
-
-
-def _summarize(rec: ChainRecords, *, cfg: SGLDConfig, nbeta: float, n: int, baseline_const: float | None,
-               path: str, fallback_reason: str | None, sampling_s: float, wall_s: float, cpu_s: float, num_sampled: int,
-               device: str, stepper: Any, baseline_method: str, compile_note: str | None,
-               loss_wstar: tuple[float, str], plan: MemoryPlan) -> LLCResult:
-    base = rec.baseline if baseline_const is None else np.full_like(rec.loss, baseline_const)
-    ok = ~rec.diverged
-    per_chain = np.full(cfg.num_chains, np.nan)
-    if ok.any():
-        per_chain[ok] = nbeta * (rec.loss[ok] - base[ok]).mean(axis=1)
-    valid = per_chain[ok]
-    llc_mean = float(valid.mean()) if valid.size else float("nan")
-    llc_std = float(valid.std(ddof=1)) if valid.size >= 2 else float("nan")
-    good_loss = rec.loss[ok]
-    good_base = base[ok]
-    mala = [a for c in np.flatnonzero(ok) for a in rec.mala_accept[c]]
-    # On L_m(w_t) - baseline_t: the quantity averaged into lambda_hat (for a constant baseline
-    # this equals the loss trace's diagnostics; for "paired" it drops batch noise).
-    delta = good_loss - good_base
-    dropped = int(rec.diverged.sum())
-    diagnostics: dict[str, Any] = {
-        "r_hat": max(r_hat_bulk(delta), r_hat_tail(delta)),
-        "r_hat_bulk": r_hat_bulk(delta),
-        "r_hat_tail": r_hat_tail(delta),
-        "ess": ess_bulk(delta),
-        "ess_bulk": ess_bulk(delta),
-        "ess_tail": ess_tail(delta),
-        "drift_z": drift_z(delta),
-        "diverged": dropped > 0,
-        "num_diverged": dropped,
-        "chains_dropped": dropped,
-        "partially_diverged": 0 < dropped < cfg.num_chains,
-        "epsilon": float(cfg.epsilon),
-        "gamma": float(cfg.gamma),
-        "num_burnin": int(cfg.num_burnin),
-        "chain_steps": int(rec.chain_steps),
-        "frac_draws_below_init": float((good_loss < good_base).mean()) if good_loss.size else float("nan"),
-        "mala_acceptance": float(np.mean(mala)) if mala else None,
-        "steps_per_second": rec.chain_steps / sampling_s if sampling_s > 0 else float("nan"),
-        "sampling_time_s": sampling_s,
-        "wall_time_s": wall_s,
-        "cpu_time_s": cpu_s,         # this process's CPU seconds (all threads): less sensitive to a busy machine
-        "vectorized": path == "vectorized",
-        "num_sampled_params": int(num_sampled),
-        "compiled": bool(stepper.compiled),
-        "compile_time_s": float(stepper.compile_s),
-        "baseline_item_table": baseline_method == "item_table",
-        "memory_estimate_bytes": int(plan.peak_bytes),
-        "memory_budget_bytes": int(plan.budget_bytes),
-        "memory_activations_per_item": int(plan.estimate.activations_per_item),   # the probe's, per chain
-        "chains_per_group": plan.chains_per_group if path == "vectorized" else 1,
-        "micro_batches": plan.micro_batches,
-        "in_place_chain": isinstance(stepper, InPlaceStepper),
-        "activation_checkpointing": bool(cfg.activation_checkpointing),
-    }
-    notes = {"baseline": baseline_method}
-    if 0 < dropped < cfg.num_chains:
-        notes["divergence"] = (f"{dropped} of {cfg.num_chains} chains diverged and were dropped: llc_mean is over "
-                               "the survivors, which may be biased by that selection")
-    if stepper.compile_error:
-        notes["compile"] = stepper.compile_error
-    elif compile_note and (stepper.compiled or compile_note.startswith("not compiled")):
-        notes["compile"] = compile_note
-    baseline_loss = float(np.nanmean(good_base)) if baseline_const is None and good_base.size else (
-        baseline_const if baseline_const is not None else float("nan"))
-    wstar, wstar_note = loss_wstar
-    if not math.isfinite(wstar):
-        wstar = baseline_loss
-    notes["loss_wstar"] = wstar_note
-    return LLCResult(
-        llc_mean=llc_mean, llc_std=llc_std, llc_per_chain=per_chain.tolist(),
-        init_loss=float(np.nanmean(rec.init_loss)), baseline_loss=float(baseline_loss), nbeta=nbeta, n=n,
-        loss_trace=rec.loss, baseline_trace=base, diverged=bool(rec.diverged.any()),
-        chain_diverged=rec.diverged.tolist(), diagnostics=diagnostics, path=path,
-        fallback_reason=fallback_reason, device=device, notes=notes, loss_wstar=float(wstar),
-    )

@@ -165,6 +165,15 @@ class CalibratedRun:
         run's own traces pass; the distance is not tracked in a full run, so the loss traces judge."""
         cfg, nbeta = self.cfg, self.nbeta
         hint_eps = self.pilot_eps if cfg.epsilon != AUTO or cfg.epsilon_hint is None else float(cfg.epsilon_hint)
+        need = relax_steps(hint_eps * nbeta * self.scale, float(cfg.gamma_hint) / nbeta)
+        if need > cfg.gamma_pilot_steps:
+            # A hint this weak for this step would burn in longer than any pilot may (and its trace
+            # could outgrow memory): the scan's budget decides instead.
+            res = self.scanned()
+            res.notes["gamma_hint"] = (f"gamma_hint = {float(cfg.gamma_hint):.3g} not tried: at eps*nbeta*s = "
+                                       f"{hint_eps * nbeta * self.scale:.3g} it needs {need} burn-in steps per chain "
+                                       f"(> gamma_pilot_steps = {cfg.gamma_pilot_steps}); scanned instead")
+            return res
         res = self.at_gamma(float(cfg.gamma_hint), hint_eps)
         kept = carried_gamma(GammaPilot(gamma=float(cfg.gamma_hint), stats=_pilot_stats(res),
                                         llc_per_chain=tuple(res.llc_per_chain), dist_ratio=1.0),

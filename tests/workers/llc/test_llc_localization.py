@@ -171,3 +171,8 @@ def test_estimate_llc_scans_gamma_and_keeps_a_good_hint() -> None:
     hinted = estimate_llc(model, half_mse, data, config=SGLDConfig(**{**base, "gamma_hint": cal["gamma"]}))
     assert hinted.gamma_calibration["carried"] is True and hinted.diagnostics["gamma_calibration_chain_steps"] == 0
     assert hinted.diagnostics["gamma"] == cal["gamma"] and "carried" in hinted.notes["gamma"]
+    # A hint too weak to relax within the pilot budget at this step (2 / (0.1 * 1e-6) burn-in steps,
+    # whose trace alone would take gigabytes) is not run: the scan decides, and the note says why.
+    weak = estimate_llc(model, half_mse, data, config=SGLDConfig(**{**base, "gamma_hint": 1e-6 * nbeta}))
+    assert weak.gamma_calibration["carried"] is False and weak.gamma_calibration["gamma"] == cal["gamma"]
+    assert "not tried: at eps*nbeta*s = 0.1 it needs 2000000" in weak.notes["gamma_hint"] and weak.llc_mean == pytest.approx(res.llc_mean)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -47,6 +49,17 @@ def _check_dir(local_dir: Path, uri: str) -> list[Path]:
             raise CheckpointError(f"The weights file {path.name} of checkpoint {uri} is not a valid safetensors "
                                   f"file ({type(exc).__name__}); re-upload the checkpoint.") from None
     return weights
+
+
+def architecture_checkpoints(config: Mapping[str, Any]) -> bool | None:
+    """Whether the causal-LM class transformers builds for this config.json supports activation
+    checkpointing (a sweep asking for it is refused at submit otherwise); None for an architecture
+    neither transformers nor workers.models knows (loading refuses those with its own sentence)."""
+    try:
+        model_class = AutoModelForCausalLM._model_mapping[type(AutoConfig.for_model(str(config.get("model_type"))))]
+    except (KeyError, ValueError):
+        return None
+    return bool(getattr(model_class, "supports_gradient_checkpointing", False))
 
 
 def load_model_dir(local_dir: Path | str, *, uri: str | None = None, device: str | torch.device = "cpu",

@@ -49,7 +49,10 @@ def validate_sweep(cfg: LLCConfig, *, dataset_uri: str, checkpoints: Sequence[Ch
         raise SweepRefused(f"sampler.batch_size={too_big[0]} is larger than the {n} sequences the sweep uses from "
                            f"{dataset_uri}; lower sampler.batch_size or raise sweep.dataset.max_sequences.")
     for ref in _ends(checkpoints):
-        vocab, positions = _model_shape(ref.uri)
+        config = _model_config(ref.uri)
+        if cfg.sweep.activation_checkpointing:
+            _check_checkpointing(config, ref.uri)
+        vocab, positions = _model_shape(config)
         if vocab is not None and header.vocab_size > vocab:
             raise SweepRefused(f"The dataset {dataset_uri} has vocab_size {header.vocab_size}, larger than the "
                                f"{vocab} of checkpoint {ref.uri}; use a dataset tokenized for that model.")
@@ -83,15 +86,28 @@ def _ends(checkpoints: Sequence[CheckpointLike]) -> list[CheckpointLike]:
     return ordered[:1] + ordered[-1:] if len(ordered) > 1 else ordered
 
 
-def _model_shape(uri: str) -> tuple[int | None, int | None]:
-    """(vocab_size, positions) from the checkpoint's config.json; None where it does not say."""
+def _model_config(uri: str) -> dict:
     from workers.objectstore import ObjectStoreError, open_store
 
     try:
-        config = json.loads(open_store(uri).get_bytes("config.json"))
+        return json.loads(open_store(uri).get_bytes("config.json"))
     except (ObjectStoreError, ValueError) as exc:
         raise SweepRefused(f"The config.json of checkpoint {uri} cannot be read ({exc}); re-save the checkpoint.") \
             from exc
+
+
+def _check_checkpointing(config: dict, uri: str) -> None:
+    """sweep.activation_checkpointing on an architecture without it would fail every job."""
+    from workers.loading import architecture_checkpoints
+
+    if architecture_checkpoints(config) is False:
+        raise SweepRefused(f"sweep.activation_checkpointing=true, but checkpoint {uri} is a "
+                           f"{config.get('model_type')!r} model, whose transformers class has no activation "
+                           "checkpointing; set sweep.activation_checkpointing=false.")
+
+
+def _model_shape(config: dict) -> tuple[int | None, int | None]:
+    """(vocab_size, positions) from a checkpoint's config.json; None where it does not say."""
     vocab = config.get("vocab_size")
     positions = config.get("n_positions") or config.get("max_position_embeddings")
     return (int(vocab) if vocab else None, int(positions) if positions else None)

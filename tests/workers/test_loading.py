@@ -13,7 +13,7 @@ from transformers import (AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, GPT
 from tests.workers.storage_helpers import tiny_attn_only, upload_model
 from workers.cache import LocalCache
 from workers.checkpoints import CheckpointError, discover_checkpoints
-from workers.loading import load_checkpoint
+from workers.loading import architecture_checkpoints, load_checkpoint
 from workers.models import AttnOnlyForCausalLM
 from workers.objectstore import open_store
 
@@ -136,3 +136,13 @@ def test_weights_not_matching_config_are_refused(s3_bucket: str, tmp_path: Path)
     store.put_bytes("config.json", json.dumps(config).encode())
     with pytest.raises(CheckpointError, match="does not match its config.json"):
         load_checkpoint(uri, cache=LocalCache(tmp_path / "cache"))
+
+
+def test_activation_checkpointing_support_is_read_from_config_json() -> None:
+    # What transformers' own classes declare, from config.json alone (a sweep is checked before any
+    # weights are read); None where neither transformers nor workers.models knows the model_type.
+    assert architecture_checkpoints(GPT2Config(n_layer=1).to_dict()) is True
+    assert architecture_checkpoints({"model_type": "llama"}) is True
+    assert architecture_checkpoints({"model_type": "llc-attn-only"}) is False
+    assert architecture_checkpoints({"model_type": "no-such-architecture"}) is None
+    assert architecture_checkpoints({}) is None

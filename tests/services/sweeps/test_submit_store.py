@@ -42,9 +42,12 @@ def test_submit_writes_jobs_and_resubmit_reuses_them(storage: str, db: str) -> N
     compiled = submit_sweep(load_config([*tiny_overrides(storage), "sweep.compile=true"]), submitted_by="tester")
     assert (compiled.new, compiled.already_queued) == (0, 6)
     assert all(sp["activation_checkpointing"] is False for sp in specs)
-    ckpt = submit_sweep(load_config([*tiny_overrides(storage), "sweep.activation_checkpointing=true"]),
-                        submitted_by="tester")
-    assert (ckpt.new, ckpt.already_queued) == (0, 6)
+    # The tiny run's attention-only architecture has no activation checkpointing: refused at submit
+    # (every job would fail on it), nothing written.
+    with pytest.raises(SweepRefused, match=r"'llc-attn-only' model, whose transformers class has no activation "
+                                           r"checkpointing; set sweep\.activation_checkpointing=false\.$"):
+        submit_sweep(load_config([*tiny_overrides(storage), "sweep.activation_checkpointing=true"]), submitted_by="tester")
+    assert _rows(db) == (3, 6)          # the three sweeps above, nothing more
     with pytest.raises(SweepRefused, match=r"cannot combine with compile=True.*fix the sweep\.\* override"):
         submit_sweep(load_config([*tiny_overrides(storage), "sweep.activation_checkpointing=true", "sweep.compile=true"]),
                      submitted_by="tester")

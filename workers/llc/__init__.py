@@ -16,11 +16,13 @@ from .estimator import estimate_llc
 from .result import LLCResult
 
 # Part of job keys: bump when a change can alter results for the same inputs.
+# 2.2: gamma="auto" passes over a localized pilot that has not mixed (R-hat, drift) instead of ending
+#      the scan there; a gamma_hint too weak to relax within gamma_pilot_steps is scanned instead.
 # 2.1: gamma="auto" steps the pilots' step up (c = 0.1, 1) when none passes at c = 0.01, and
 #      returns the picked pilot when it holds the run (same seed, chains, step; enough draws).
 # 2.0: batches with replacement (removes an upward bias), rank-normalized diagnostics,
 #      float64 losses kept, epsilon="auto", rmsprop_sgld.  1.1: paired baselines from the per-item table.
-ESTIMATOR_VERSION = "2.1.0"
+ESTIMATOR_VERSION = "2.2.0"
 
 __all__ = ["ESTIMATOR_VERSION", "LLCResult", "SGLDConfig", "estimate_llc", "ess", "ess_bulk", "ess_tail",
            "rank_r_hat", "split_r_hat"]

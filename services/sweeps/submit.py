@@ -20,7 +20,7 @@ from services.store.entities import PlannedJob
 from services.sweeps.expand import components_need_config, expand_sweep
 from services.sweeps.schema import LLCConfig
 from services.sweeps.selection import describe, select_checkpoints
-from services.sweeps.validate import validate_sweep
+from services.sweeps.validate import read_model_config, validate_sweep
 
 
 class SubmitError(UserError):
@@ -83,17 +83,7 @@ def plan_sweep(cfg: LLCConfig) -> SweepPlan:
 
 def _model_config(checkpoints: list) -> dict | None:
     """config.json of the run's first selected checkpoint (a run keeps its architecture)."""
-    import json
-
-    from workers.objectstore import ObjectStoreError, open_store
-
-    if not checkpoints:
-        return None
-    try:
-        return json.loads(open_store(checkpoints[0].uri).get_bytes("config.json"))
-    except (ObjectStoreError, ValueError) as exc:
-        raise SubmitError(f"Could not read {checkpoints[0].uri}/config.json to expand and check sweep.components "
-                          f"({exc}); fix the checkpoint; nothing was submitted.") from exc
+    return read_model_config(checkpoints[0].uri) if checkpoints else None
 
 
 def submit_sweep(cfg: LLCConfig, *, submitted_by: str | None = None, database_url: str | None = None) -> SubmitOutcome:

@@ -49,7 +49,7 @@ def validate_sweep(cfg: LLCConfig, *, dataset_uri: str, checkpoints: Sequence[Ch
         raise SweepRefused(f"sampler.batch_size={too_big[0]} is larger than the {n} sequences the sweep uses from "
                            f"{dataset_uri}; lower sampler.batch_size or raise sweep.dataset.max_sequences.")
     for ref in _ends(checkpoints):
-        config = _model_config(ref.uri)
+        config = read_model_config(ref.uri)
         if cfg.sweep.activation_checkpointing:
             _check_checkpointing(config, ref.uri)
         vocab, positions = _model_shape(config)
@@ -86,7 +86,8 @@ def _ends(checkpoints: Sequence[CheckpointLike]) -> list[CheckpointLike]:
     return ordered[:1] + ordered[-1:] if len(ordered) > 1 else ordered
 
 
-def _model_config(uri: str) -> dict:
+def read_model_config(uri: str) -> dict:
+    """A checkpoint's config.json, or SweepRefused naming it."""
     from workers.objectstore import ObjectStoreError, open_store
 
     try:
